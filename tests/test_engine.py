@@ -1,0 +1,268 @@
+"""The engine against hand-written TensorFlow: the contract's examples and every mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.graph.errors import ExecutionError, GraphError
+
+tf = pytest.importorskip("tensorflow")
+from worker.engine import run_document  # noqa: E402
+
+EXAMPLE_1 = {"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}
+EXAMPLE_2 = {
+    "tensors": {"x": {"fill": 3.0, "shape": [2, 3]}, "z": 5.0},
+    "expression": "reduce_sum(x * x + 2 * z)",
+    "sources": ["x", "z"],
+}
+EXAMPLE_2_GRAPH = {
+    "tensors": {
+        "x": {"value": [[3, 3, 3], [3, 3, 3]], "dtype": "float32"},
+        "z": {"value": 5.0},
+    },
+    "ops": [
+        {"id": "xx", "op": "multiply", "inputs": ["x", "x"]},
+        {"id": "z2", "op": "multiply", "inputs": [2.0, "z"]},
+        {"id": "s", "op": "add", "inputs": ["xx", "z2"]},
+        {"id": "y", "op": "reduce_sum", "inputs": ["s"], "attrs": {"axis": None}},
+    ],
+    "target": "y",
+    "sources": ["x", "z"],
+}
+EXAMPLE_3 = {"tensors": {"x": 2.0}, "expression": "x**2 + 2*x - 1", "sources": ["x"]}
+
+
+def value(doc: dict[str, Any] | None) -> Any:
+    assert doc is not None
+    return np.asarray(doc["value"], dtype=np.float64)
+
+
+def test_contract_example_1() -> None:
+    out = run_document(EXAMPLE_1)
+    assert out["target"] == {"value": 9.0, "dtype": "float32", "shape": []}
+    assert out["gradients"]["x"] == {"value": 6.0, "dtype": "float32", "shape": []}
+
+
+@pytest.mark.parametrize("doc", [EXAMPLE_2, EXAMPLE_2_GRAPH], ids=["expression", "graph"])
+def test_contract_example_2(doc: dict[str, Any]) -> None:
+    out = run_document(doc)
+    assert out["target"] == {"value": 114.0, "dtype": "float32", "shape": []}
+    assert out["gradients"]["x"] == {"value": [[6.0] * 3] * 2, "dtype": "float32", "shape": [2, 3]}
+    assert out["gradients"]["z"] == {"value": 12.0, "dtype": "float32", "shape": []}
+
+
+def test_contract_example_3_in_both_forms() -> None:
+    graph = {
+        "tensors": {"x": 2.0},
+        "ops": [
+            {"id": "sq", "op": "pow", "inputs": ["x", 2]},
+            {"id": "tx", "op": "multiply", "inputs": [2, "x"]},
+            {"id": "s", "op": "add", "inputs": ["sq", "tx"]},
+            {"id": "y", "op": "subtract", "inputs": ["s", 1]},
+        ],
+        "target": "y",
+        "sources": ["x"],
+    }
+    for doc in (EXAMPLE_3, graph):
+        out = run_document(doc)
+        assert out["target"]["value"] == 7.0
+        assert out["gradients"]["x"]["value"] == 6.0
+
+
+def test_second_derivative_of_x_squared_by_nested_tapes() -> None:
+    # TensorFlow's autodiff guide: d2/dx2 of x**2 is 2.
+    x = tf.constant(3.0)
+    with tf.GradientTape() as t2:
+        t2.watch(x)
+        with tf.GradientTape() as t1:
+            t1.watch(x)
+            y = x * x
+        dy = t1.gradient(y, x)
+    d2y = t2.gradient(dy, x)
+    out = run_document({**EXAMPLE_1, "order": 2})
+    assert out["gradients"]["x"]["value"] == float(d2y) == 2.0
+
+
+def test_third_order_is_zero_not_null_for_a_connected_source() -> None:
+    out = run_document({**EXAMPLE_1, "order": 3})
+    assert out["gradients"]["x"]["value"] == 0.0
+
+
+def test_several_sources_and_targets_sum_like_tensorflow() -> None:
+    doc = {
+        "tensors": {"a": [1.0, 2.0], "b": [3.0, -1.0]},
+        "ops": [
+            {"id": "p", "op": "multiply", "inputs": ["a", "b"]},
+            {"id": "q", "op": "exp", "inputs": ["a"]},
+        ],
+        "target": ["p", "q"],
+        "sources": ["a", "b"],
+    }
+    a, b = tf.constant([1.0, 2.0]), tf.constant([3.0, -1.0])
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        p, q = a * b, tf.exp(a)
+    ga, gb = tape.gradient([p, q], [a, b])
+    out = run_document(doc)
+    assert isinstance(out["target"], list) and len(out["target"]) == 2
+    np.testing.assert_allclose(value(out["gradients"]["a"]), ga.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(value(out["gradients"]["b"]), gb.numpy(), rtol=1e-6)
+
+
+def test_output_gradients_give_a_vector_jacobian_product() -> None:
+    doc = {
+        "tensors": {"x": [1.0, 2.0, 3.0]},
+        "expression": "x * x",
+        "sources": ["x"],
+        "output_gradients": [1.0, 0.5, -1.0],
+    }
+    x = tf.constant([1.0, 2.0, 3.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = x * x
+    want = tape.gradient(y, x, output_gradients=tf.constant([1.0, 0.5, -1.0]))
+    np.testing.assert_allclose(value(run_document(doc)["gradients"]["x"]), want.numpy())
+
+
+def test_unconnected_source_is_null_by_default_and_zeros_on_request() -> None:
+    doc = {"tensors": {"x": 2.0, "w": [1.0, 2.0]}, "expression": "x * x", "sources": ["x", "w"]}
+    out = run_document(doc)
+    assert out["gradients"]["w"] is None
+    assert any("'w' is not connected" in n for n in out["notes"])
+    zero = run_document({**doc, "unconnected_gradients": "zero"})
+    assert zero["gradients"]["w"] == {"value": [0.0, 0.0], "dtype": "float32", "shape": [2]}
+
+
+def test_jacobian_of_a_sigmoid_layer_matches_tape_jacobian() -> None:
+    rng = np.random.default_rng(0)
+    xv, wv, bv = rng.normal(size=(7, 5)), rng.normal(size=(5, 3)), rng.normal(size=(3,))
+    doc = {
+        "tensors": {"x": xv.tolist(), "w": wv.tolist(), "b": bv.tolist()},
+        "expression": "sigmoid(x @ w + b)",
+        "sources": ["w", "b"],
+        "mode": "jacobian",
+    }
+    x, w, b = (tf.constant(v, tf.float32) for v in (xv, wv, bv))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([w, b])
+        y = tf.sigmoid(x @ w + b)
+    out = run_document(doc)
+    assert out["jacobians"]["w"]["shape"] == [7, 3, 5, 3]
+    np.testing.assert_allclose(value(out["jacobians"]["w"]), tape.jacobian(y, w).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value(out["jacobians"]["b"]), tape.jacobian(y, b).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_jacobian_matches_tape_batch_jacobian() -> None:
+    rng = np.random.default_rng(1)
+    xv, wv = rng.normal(size=(4, 3)), rng.normal(size=(3, 2))
+    doc = {
+        "tensors": {"x": xv.tolist(), "w": wv.tolist()},
+        "expression": "tanh(x @ w)",
+        "sources": ["x"],
+        "mode": "batch_jacobian",
+    }
+    x, w = tf.constant(xv, tf.float32), tf.constant(wv, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.tanh(x @ w)
+    want = tape.batch_jacobian(y, x)
+    out = run_document(doc)
+    assert out["jacobians"]["x"]["shape"] == [4, 2, 3]
+    np.testing.assert_allclose(value(out["jacobians"]["x"]), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_hessian_is_the_jacobian_of_the_gradient() -> None:
+    xv = [[0.5, -1.0], [2.0, 0.25]]
+    doc = {"tensors": {"x": xv}, "expression": "reduce_sum(x * x * x)", "sources": ["x"], "mode": "hessian"}
+    x = tf.constant(xv)
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = tf.reduce_sum(x * x * x)
+        g = inner.gradient(y, x)
+    want = outer.jacobian(g, x)
+    out = run_document(doc)
+    assert out["hessians"]["x"]["shape"] == [2, 2, 2, 2]
+    np.testing.assert_allclose(value(out["hessians"]["x"]), want.numpy(), rtol=1e-6)
+
+
+def test_jvp_matches_forward_accumulator() -> None:
+    xv, tv = [1.0, 2.0, 3.0], [0.1, 0.0, -1.0]
+    doc = {"tensors": {"x": xv}, "expression": "sin(x) * x", "sources": ["x"], "mode": "jvp", "tangents": {"x": tv}}
+    x = tf.constant(xv)
+    with tf.autodiff.ForwardAccumulator(x, tf.constant(tv)) as acc:
+        y = tf.sin(x) * x
+    out = run_document(doc)
+    np.testing.assert_allclose(value(out["jvp"]), acc.jvp(y).numpy(), rtol=1e-6)
+    assert out["jvp"]["shape"] == [3]
+
+
+def test_sparse_gather_gradient_comes_back_dense() -> None:
+    doc = {
+        "tensors": {"p": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]},
+        "ops": [
+            {"id": "g", "op": "gather", "inputs": ["p", [2, 0, 2]]},
+            {"id": "y", "op": "reduce_sum", "inputs": ["g"]},
+        ],
+        "target": "y",
+        "sources": ["p"],
+    }
+    out = run_document(doc)
+    assert out["gradients"]["p"] == {"value": [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]], "dtype": "float32", "shape": [3, 2]}
+
+
+def test_float64_sources_keep_their_dtype_and_literals_follow_them() -> None:
+    doc = {"tensors": {"x": {"value": [1.5, 2.5], "dtype": "float64"}}, "expression": "x * 3", "sources": ["x"]}
+    out = run_document(doc)
+    assert out["gradients"]["x"] == {"value": [3.0, 3.0], "dtype": "float64", "shape": [2]}
+
+
+def test_non_finite_values_are_strings_with_a_note() -> None:
+    doc = {"tensors": {"x": [0.0, 1.0, "Infinity"]}, "expression": "math.log(x)", "sources": ["x"]}
+    out = run_document(doc)
+    assert out["target"]["value"] == ["-Infinity", 0.0, "Infinity"]
+    assert out["gradients"]["x"]["value"] == ["Infinity", 1.0, 0.0]
+    assert any("non-finite" in n for n in out["notes"])
+
+
+def test_b64_in_and_out_round_trips_exact_bytes() -> None:
+    import base64
+
+    raw = np.arange(6, dtype="<f4").reshape(2, 3)
+    doc = {
+        "tensors": {"x": {"b64": base64.b64encode(raw.tobytes()).decode(), "dtype": "float32", "shape": [2, 3]}},
+        "expression": "reduce_sum(x * x)",
+        "sources": ["x"],
+        "encoding": "b64",
+    }
+    out = run_document(doc)
+    grad = np.frombuffer(base64.b64decode(out["gradients"]["x"]["b64"]), dtype="<f4").reshape(2, 3)
+    np.testing.assert_array_equal(grad, 2 * raw)
+
+
+def test_an_int_source_is_an_error_naming_it_and_its_dtype() -> None:
+    doc = {"tensors": {"n": {"value": [1, 2], "dtype": "int32"}}, "expression": "n * n", "sources": ["n"]}
+    with pytest.raises(GraphError) as info:
+        run_document(doc)
+    (error,) = info.value.errors
+    assert error.path == "/sources/0"
+    assert "'n'" in error.message and "int32" in error.message and "floating-point" in error.message
+
+
+def test_a_runtime_failure_names_the_op() -> None:
+    # A singular matrix is only found when TensorFlow runs the op.
+    doc = {
+        "tensors": {"m": [[1.0, 2.0], [2.0, 4.0]]},
+        "ops": [{"id": "inv", "op": "linalg.inv", "inputs": ["m"]}, {"id": "y", "op": "reduce_sum", "inputs": ["inv"]}],
+        "target": "y",
+        "sources": ["m"],
+    }
+    with pytest.raises(ExecutionError) as info:
+        run_document(doc)
+    (error,) = info.value.errors
+    assert error.path == "/ops/0"
+    assert "op 'inv'" in error.message and "{{" not in error.message

@@ -1,0 +1,67 @@
+"""Tensor documents to NumPy arrays and back: nested lists, non-finite strings, `b64`."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from worker.graph.tensors import NONFINITE, TensorSpec
+
+NUMPY_DTYPES: dict[str, Any] = {
+    "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+    "bool": np.dtype("bool"),
+}
+
+
+def decode_tensor(spec: TensorSpec) -> np.ndarray:
+    """Return the array a checked tensor document describes."""
+    dtype = NUMPY_DTYPES[spec.dtype]
+    if spec.b64 is not None:
+        return np.frombuffer(base64.b64decode(spec.b64), dtype=dtype).reshape(spec.shape)
+    if spec.fill is not None:
+        return np.full(spec.shape, _number(spec.fill), dtype=dtype)
+    if dtype.kind == "f" or dtype == NUMPY_DTYPES["bfloat16"]:
+        # float() reads "NaN", "Infinity" and "-Infinity" too, so one conversion does it all.
+        return np.asarray(spec.value, dtype=np.float64).astype(dtype).reshape(spec.shape)
+    return np.asarray(spec.value, dtype=dtype).reshape(spec.shape)
+
+
+def encode_array(array: np.ndarray, dtype: str, encoding: str = "json") -> dict[str, Any]:
+    """Return the tensor document of an array: nested lists (non-finite as strings) or b64."""
+    shape = list(array.shape)
+    if encoding == "b64":
+        raw = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype]).tobytes()
+        return {"b64": base64.b64encode(raw).decode("ascii"), "dtype": dtype, "shape": shape}
+    if array.dtype.kind == "f" or array.dtype == NUMPY_DTYPES["bfloat16"]:
+        wide = array.astype(np.float64)
+        finite = np.isfinite(wide)
+        if finite.all():
+            value: Any = wide.tolist()
+        else:
+            obj = wide.astype(object)
+            obj[np.isnan(wide)] = "NaN"
+            obj[wide == np.inf] = "Infinity"
+            obj[wide == -np.inf] = "-Infinity"
+            value = obj.tolist()
+    else:
+        value = array.tolist()
+    return {"value": value, "dtype": dtype, "shape": shape}
+
+
+def count_nonfinite(array: np.ndarray) -> int:
+    """Count NaN and infinite entries (0 for non-float arrays)."""
+    if array.dtype.kind != "f" and array.dtype != NUMPY_DTYPES["bfloat16"]:
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array.astype(np.float32))))
+
+
+def _number(value: Any) -> Any:
+    return NONFINITE.get(value, value) if isinstance(value, str) else value

@@ -1,0 +1,205 @@
+"""Build a checked graph inside `tf.GradientTape` and ask the tape what the request asks.
+
+`compute` is one function of the request's input tensors (and its output gradients or
+tangents), so that it can be traced with `tf.function` and reused for every request of the
+same structure, shapes and dtypes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from worker.graph.errors import ExecutionError, FieldError
+from worker.graph.request import GradientRequest, Literal, Node, Ref
+
+from .codec import count_nonfinite, decode_tensor, encode_array
+
+UNCONNECTED = {"none": tf.UnconnectedGradients.NONE, "zero": tf.UnconnectedGradients.ZERO}
+RESULT_KEY = {
+    "gradient": "gradients",
+    "jacobian": "jacobians",
+    "batch_jacobian": "jacobians",
+    "hessian": "hessians",
+}
+
+# TF's messages carry the kernel's internal name and the op type; the op id says more.
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\](\s*name:\s*\S*)?")
+
+Results = tuple[list[tf.Tensor], list[tf.Tensor | None]]
+
+
+def input_arrays(req: GradientRequest) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Decode the request's tensors, then its output gradients or tangents (in source order)."""
+    inputs = [decode_tensor(spec) for spec in req.tensors.values()]
+    if req.output_gradients:
+        extra = [decode_tensor(spec) for spec in req.output_gradients]
+    elif req.tangents:
+        extra = [decode_tensor(req.tangents[s]) for s in req.sources]
+    else:
+        extra = []
+    return inputs, extra
+
+
+def make_compute(req: GradientRequest) -> Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor]], Results]:
+    """Return the function of the input tensors that runs the graph and the request's mode."""
+    names = list(req.tensors)
+    source_index = [names.index(s) for s in req.sources]
+    unconnected = UNCONNECTED[req.unconnected]
+
+    def forward(inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        env: dict[Ref, tf.Tensor] = {Ref(n): t for n, t in zip(names, inputs, strict=True)}
+        for node in req.nodes:
+            run_node(node, env)
+        return [env[r] for r in req.targets]
+
+    def compute(inputs: Sequence[tf.Tensor], extra: Sequence[tf.Tensor]) -> Results:
+        sources = [inputs[i] for i in source_index]
+        if req.mode == "gradient":
+            targets, grads = _nth_gradient(forward, inputs, sources, list(extra) or None, req.order)
+            if req.unconnected == "zero":
+                grads = [tf.zeros_like(s) if g is None else g for g, s in zip(grads, sources, strict=True)]
+            return targets, grads
+        if req.mode == "jvp":
+            with tf.autodiff.ForwardAccumulator(sources, list(extra)) as acc:
+                targets = forward(inputs)
+            return targets, [acc.jvp(targets[0], unconnected_gradients=unconnected)]
+        if req.mode == "hessian":
+            with tf.GradientTape(persistent=True) as outer:
+                outer.watch(sources)
+                with tf.GradientTape() as inner:
+                    inner.watch(sources)
+                    targets = forward(inputs)
+                grads = inner.gradient(targets[0], sources)
+            out = []
+            for g, s in zip(grads, sources, strict=True):
+                h = None if g is None else outer.jacobian(g, s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                if h is None and req.unconnected == "zero":
+                    h = tf.zeros(tf.concat([tf.shape(s), tf.shape(s)], 0), s.dtype)
+                out.append(h)
+            return targets, out
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(sources)
+            targets = forward(inputs)
+        if req.mode == "jacobian":
+            return targets, list(tape.jacobian(targets[0], sources, unconnected_gradients=unconnected))
+        return targets, [tape.batch_jacobian(targets[0], s, unconnected_gradients=unconnected) for s in sources]
+
+    return compute
+
+
+def _nth_gradient(
+    forward: Callable[[Sequence[tf.Tensor]], list[tf.Tensor]],
+    inputs: Sequence[tf.Tensor],
+    sources: list[tf.Tensor],
+    output_gradients: list[tf.Tensor] | None,
+    order: int,
+) -> Results:
+    """Differentiate by `order` nested tapes; each level differentiates the sum of the one below.
+
+    A source that is connected at order 1 but whose higher derivative TF reports as None (the
+    lower gradient does not depend on it) gets zeros: the derivative exists and is zero.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(sources)
+        if order == 1:
+            targets = forward(inputs)
+            ys: list[tf.Tensor] = targets
+            connected = [True] * len(sources)
+        else:
+            targets, lower = _nth_gradient(forward, inputs, sources, output_gradients, order - 1)
+            ys = [g for g in lower if g is not None]
+            connected = [g is not None for g in lower]
+    if not ys:
+        return targets, [None] * len(sources)
+    grads = tape.gradient(ys, sources, output_gradients=output_gradients if order == 1 else None)
+    if order > 1:
+        grads = [tf.zeros_like(s) if g is None and c else g for g, s, c in zip(grads, sources, connected, strict=True)]
+    return targets, [tf.convert_to_tensor(g) if g is not None else None for g in grads]
+
+
+def run_node(node: Node, env: dict[Ref, tf.Tensor]) -> None:
+    """Run one op on its inputs from `env`, adding its outputs to `env`."""
+    args = [
+        tf.constant(item.value, dtype=item.info.dtype) if isinstance(item, Literal) else env[item]
+        for item in node.inputs
+    ]
+    try:
+        out = node.spec.fn(tf, *args, **node.attrs)
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
+        raise op_failed(node, exc) from None
+    outs = list(out) if isinstance(out, list | tuple) else [out]
+    for k, t in enumerate(outs):
+        env[Ref(node.id, k)] = t
+
+
+def op_failed(node: Node, exc: Exception) -> ExecutionError:
+    """Translate TensorFlow's complaint about one op into an error naming that op."""
+    message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+    message = _TF_NOISE.sub("", message).strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return ExecutionError(FieldError(node.path, f"op '{node.id}' ({node.spec.name}) failed: {message}", node.position))
+
+
+def run_request(req: GradientRequest, device: str | None = None) -> dict[str, Any]:
+    """Run a checked request eagerly and return its result document."""
+    inputs, extra = input_arrays(req)
+    compute = make_compute(req)
+    with tf.device(device) if device else contextlib.nullcontext():
+        tensors = [tf.constant(a) for a in inputs]
+        extras = [tf.constant(a) for a in extra]
+        try:
+            targets, results = compute(tensors, extras)
+        except (LookupError, tf.errors.OpError, ValueError) as exc:
+            if isinstance(exc, ExecutionError):
+                raise
+            message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+            message = _TF_NOISE.sub("", message).strip().splitlines()[0]
+            raise ExecutionError(FieldError("/target", f"TensorFlow could not differentiate: {message}")) from None
+    return encode_result(req, targets, results)
+
+
+def encode_result(req: GradientRequest, targets: Sequence[tf.Tensor], results: Sequence[Any]) -> dict[str, Any]:
+    """Turn the tape's answers into the result document, with notes on what TF left silent."""
+    notes: list[str] = []
+    device = targets[0].device if targets and hasattr(targets[0], "device") else ""
+    encoded_targets = []
+    for ref, t in zip(req.targets, targets, strict=True):
+        array = np.asarray(t)
+        encoded_targets.append(encode_array(array, req.info(ref).dtype, req.encoding))
+        _note_nonfinite(array, f"the target '{ref}'", notes)
+    result: dict[str, Any] = {
+        "target": encoded_targets if req.target_is_list else encoded_targets[0],
+    }
+    if req.mode == "jvp":
+        array = np.asarray(results[0])
+        result["jvp"] = encode_array(array, req.info(req.targets[0]).dtype, req.encoding)
+        _note_nonfinite(array, "the jvp", notes)
+    else:
+        entries: dict[str, Any] = {}
+        for name, value in zip(req.sources, results, strict=True):
+            if value is None:
+                entries[name] = None
+                notes.append(
+                    f"source '{name}' is not connected to the target: its entry is null "
+                    '(set unconnected_gradients to "zero" for zeros)'
+                )
+                continue
+            array = np.asarray(tf.convert_to_tensor(value))
+            entries[name] = encode_array(array, req.tensors[name].dtype, req.encoding)
+            _note_nonfinite(array, f"the {req.mode} for '{name}'", notes)
+        result[RESULT_KEY[req.mode]] = entries
+    result["device"] = device
+    if notes:
+        result["notes"] = notes
+    return result
+
+
+def _note_nonfinite(array: np.ndarray, what: str, notes: list[str]) -> None:
+    n = count_nonfinite(array)
+    if n:
+        notes.append(f'{what} has {n} non-finite value(s), written as "NaN", "Infinity" or "-Infinity"')

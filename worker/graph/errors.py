@@ -1,0 +1,151 @@
+"""The domain errors of a gradient request, each carrying JSON Pointers into the request.
+
+Errors are values until the boundary: the validator and the engine raise these, and only
+the API (or the job wrapper) turns them into RFC 9457 problem documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def pointer(*parts: str | int) -> str:
+    """Return the JSON Pointer (RFC 6901) made of these reference tokens."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One thing wrong with the request, at `path` (a JSON Pointer)."""
+
+    path: str
+    message: str
+    position: int | None = None  # character offset, for errors inside `expression`
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "message": self.message}
+        if self.position is not None:
+            out["position"] = self.position
+        return out
+
+
+class TapeserveError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    kind = "invalid-graph"
+    title = "The graph is not valid"
+    status = 422
+
+    def __init__(self, errors: list[FieldError] | FieldError, detail: str | None = None):
+        self.errors = [errors] if isinstance(errors, FieldError) else list(errors)
+        self.detail = detail or "; ".join(f"{e.path or '/'}: {e.message}" for e in self.errors[:5])
+        super().__init__(self.detail)
+
+    def problem(self) -> dict[str, Any]:
+        """Return this error as the body of an RFC 9457 problem document."""
+        return {
+            "type": f"https://tapeserve.dev/problems/{self.kind}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "errors": [e.as_dict() for e in self.errors],
+        }
+
+
+class GraphError(TapeserveError):
+    """The request is well-formed JSON but not a valid graph (422)."""
+
+
+class LimitExceeded(GraphError):
+    """A size, depth, count or time limit was exceeded (422, or 413 for a tensor's bytes)."""
+
+    kind = "limit-exceeded"
+    title = "A limit was exceeded"
+
+
+class TensorTooLarge(LimitExceeded):
+    """One input tensor is over its size limit (413, as the contract asks)."""
+
+    status = 413
+    title = "A tensor is too large"
+
+
+class ExecutionError(GraphError):
+    """TensorFlow refused the graph while running it (an op's invalid argument, say)."""
+
+    kind = "execution-error"
+    title = "TensorFlow could not run the graph"
+
+
+@dataclass
+class ErrorCollector:
+    """Collect every error of a document before raising them together."""
+
+    errors: list[FieldError] = field(default_factory=list)
+    limit_errors: list[FieldError] = field(default_factory=list)
+
+    def add(self, path: str, message: str, position: int | None = None) -> None:
+        self.errors.append(FieldError(path, message, position))
+
+    def limit(self, path: str, message: str) -> None:
+        self.limit_errors.append(FieldError(path, message))
+
+    def absorb(self, exc: TapeserveError) -> None:
+        """Add the errors of an exception raised by a part of the validator."""
+        (self.limit_errors if isinstance(exc, LimitExceeded) else self.errors).extend(exc.errors)
+
+    def __bool__(self) -> bool:
+        return bool(self.errors or self.limit_errors)
+
+    def raise_if_any(self) -> None:
+        """Raise the collected errors: limit errors first, since they explain the rest."""
+        if self.limit_errors:
+            raise LimitExceeded(self.limit_errors + self.errors)
+        if self.errors:
+            raise GraphError(self.errors)
+
+
+class TimeLimitExceeded(LimitExceeded):
+    """The graph ran past the time limit and its TensorFlow process was stopped."""
+
+    kind = "time-limit-exceeded"
+    title = "The graph ran past its time limit"
+
+
+class WorkerCrashed(TapeserveError):
+    """The TensorFlow process died while running the graph (an abort, a segfault, OOM)."""
+
+    kind = "worker-crashed"
+    title = "The worker crashed while running this graph"
+
+
+class JobStopped(TapeserveError):
+    """The job was stopped on request (DELETE /v1/jobs/{id}) while it ran."""
+
+    kind = "job-canceled"
+    title = "The job was canceled"
+    status = 409
+
+
+class InternalError(TapeserveError):
+    """A bug: something failed that validation should have made impossible."""
+
+    kind = "internal-error"
+    title = "Internal error"
+    status = 500
+
+
+class RemoteProblem(TapeserveError):
+    """A problem document raised again on the far side of a pipe or a queue."""
+
+    def __init__(self, problem: dict[str, Any]):
+        self._problem = problem
+        errors = [FieldError(e["path"], e["message"], e.get("position")) for e in problem.get("errors", [])]
+        super().__init__(errors, detail=problem.get("detail", ""))
+        self.status = int(problem.get("status", 500))
+        self.kind = str(problem.get("type", "")).rsplit("/", 1)[-1] or "internal-error"
+        self.title = str(problem.get("title", "Error"))
+
+    def problem(self) -> dict[str, Any]:
+        return dict(self._problem)

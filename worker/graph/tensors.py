@@ -1,0 +1,208 @@
+"""Tensor documents (`value`, `fill`, `b64`, shorthand) read and checked without TensorFlow."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .dtypes import DEFAULT_DTYPE, DTYPES, FLOAT_DTYPES, INT_RANGES, ITEMSIZE
+from .errors import ErrorCollector, FieldError, TensorTooLarge, pointer
+from .limits import Limits
+
+# The proto3 JSON spelling of non-finite floats, accepted in requests and written in results.
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+TENSOR_KEYS = frozenset({"value", "fill", "b64", "dtype", "shape"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A checked tensor document: its dtype, shape and one of value, fill or b64."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    value: Any = None  # a number or rectangular nested list; non-finite as NONFINITE strings
+    fill: Any = None  # a number (or NONFINITE string) repeated over `shape`
+    b64: str | None = None  # raw little-endian bytes, base64
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def as_document(self) -> dict[str, Any]:
+        """Return the normalised document, as the worker receives it."""
+        doc: dict[str, Any] = {"dtype": self.dtype, "shape": list(self.shape)}
+        if self.b64 is not None:
+            doc["b64"] = self.b64
+        elif self.fill is not None:
+            doc["fill"] = self.fill
+        else:
+            doc["value"] = self.value
+        return doc
+
+
+def parse_tensor(
+    raw: Any,
+    path: str,
+    errors: ErrorCollector,
+    limits: Limits,
+    *,
+    default_dtype: str = DEFAULT_DTYPE,
+) -> TensorSpec | None:
+    """Check one tensor document at `path`; return it normalised, or None after adding errors."""
+    if not isinstance(raw, dict):
+        if isinstance(raw, bool):
+            errors.add(path, 'a boolean tensor needs the object form: {"value": true, "dtype": "bool"}')
+            return None
+        if isinstance(raw, int | float | list) or (isinstance(raw, str) and raw in NONFINITE):
+            raw = {"value": raw}
+        else:
+            errors.add(path, "must be a number, a nested list of numbers, or a tensor object")
+            return None
+    before = len(errors.errors) + len(errors.limit_errors)
+    for key in raw:
+        if key not in TENSOR_KEYS:
+            errors.add(pointer_join(path, key), "unknown field (a tensor has value, fill or b64, dtype, shape)")
+    given = [k for k in ("value", "fill", "b64") if k in raw]
+    if len(given) != 1:
+        what = "one of" if not given else "only one of"
+        errors.add(path, f"must have {what} 'value', 'fill' or 'b64'")
+        return None
+    kind = given[0]
+
+    dtype = raw.get("dtype", default_dtype)
+    if dtype not in DTYPES:
+        errors.add(pointer_join(path, "dtype"), f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
+        return None
+
+    shape: tuple[int, ...] | None = None
+    if "shape" in raw:
+        shape = _parse_shape(raw["shape"], pointer_join(path, "shape"), errors, limits)
+        if shape is None:
+            return None
+    elif kind != "value":
+        errors.add(pointer_join(path, "shape"), f"is required with '{kind}'")
+        return None
+
+    if kind == "value":
+        value = raw["value"]
+        vpath = pointer_join(path, "value")
+        inferred = _infer_shape(value, vpath, errors, limits)
+        if inferred is None:
+            return None
+        if shape is not None and shape != inferred:
+            errors.add(pointer_join(path, "shape"), f"is {list(shape)} but the value has shape {list(inferred)}")
+            return None
+        _check_size(inferred, path, limits)
+        _check_elements(value, inferred, vpath, dtype, errors)
+        spec = TensorSpec(dtype, inferred, value=value)
+    elif kind == "fill":
+        assert shape is not None
+        _check_size(shape, path, limits)
+        _check_elements(raw["fill"], (), pointer_join(path, "fill"), dtype, errors)
+        spec = TensorSpec(dtype, shape, fill=raw["fill"])
+    else:
+        assert shape is not None
+        _check_size(shape, path, limits)
+        data = raw["b64"]
+        bpath = pointer_join(path, "b64")
+        if not isinstance(data, str):
+            errors.add(bpath, "must be a base64 string")
+            return None
+        try:
+            nbytes = len(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError):
+            errors.add(bpath, "is not valid base64")
+            return None
+        want = math.prod(shape) * ITEMSIZE[dtype]
+        if nbytes != want:
+            errors.add(bpath, f"holds {nbytes} bytes; shape {list(shape)} of {dtype} needs {want}")
+            return None
+        spec = TensorSpec(dtype, shape, b64=data)
+    if len(errors.errors) + len(errors.limit_errors) > before:
+        return None
+    return spec
+
+
+def pointer_join(base: str, *parts: str | int) -> str:
+    return base + pointer(*parts)
+
+
+def _parse_shape(raw: Any, path: str, errors: ErrorCollector, limits: Limits) -> tuple[int, ...] | None:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+        errors.add(path, "must be a list of non-negative integers")
+        return None
+    if len(raw) > limits.max_rank:
+        errors.limit(path, f"rank {len(raw)} is over the limit max_rank = {limits.max_rank}")
+        return None
+    if any(d < 0 for d in raw):
+        errors.add(path, "dimensions must be non-negative")
+        return None
+    return tuple(raw)
+
+
+def _check_size(shape: tuple[int, ...], path: str, limits: Limits) -> None:
+    size = math.prod(shape)
+    if size > limits.max_tensor_elements:
+        message = f"{size} elements is over the limit max_tensor_elements = {limits.max_tensor_elements}"
+        raise TensorTooLarge(FieldError(path, message))
+
+
+def _infer_shape(value: Any, path: str, errors: ErrorCollector, limits: Limits) -> tuple[int, ...] | None:
+    """Read the shape off the first element at each depth; _check_elements checks the rest."""
+    shape: list[int] = []
+    v = value
+    while isinstance(v, list):
+        if len(shape) >= limits.max_rank:
+            errors.limit(path, f"nesting is deeper than the limit max_rank = {limits.max_rank}")
+            return None
+        shape.append(len(v))
+        if not v:
+            break
+        v = v[0]
+    return tuple(shape)
+
+
+def _check_elements(value: Any, shape: tuple[int, ...], path: str, dtype: str, errors: ErrorCollector) -> None:
+    """Check that `value` is rectangular with this shape and every element fits `dtype`."""
+    ok = _element_check(dtype)
+    if not shape:
+        if isinstance(value, list) or not ok(value):
+            errors.add(path, _element_message(value, dtype))
+        return
+    stack: list[tuple[Any, int, str]] = [(value, 0, path)]
+    last = len(shape) - 1
+    while stack:
+        v, depth, p = stack.pop()
+        if not isinstance(v, list) or len(v) != shape[depth]:
+            got = f"length {len(v)}" if isinstance(v, list) else "a scalar"
+            message = f"is {got} but the shape says {shape[depth]} here: nested lists must be rectangular"
+            errors.add(p, message)
+            return
+        if depth == last:
+            if not all(map(ok, v)):
+                for i, e in enumerate(v):
+                    if not ok(e):
+                        errors.add(f"{p}/{i}", _element_message(e, dtype))
+                        return
+        else:
+            stack.extend((child, depth + 1, f"{p}/{i}") for i, child in enumerate(v))
+
+
+def _element_check(dtype: str) -> Any:
+    if dtype in FLOAT_DTYPES:
+        return lambda e: type(e) is float or type(e) is int or (type(e) is str and e in NONFINITE)
+    if dtype == "bool":
+        return lambda e: type(e) is bool
+    lo, hi = INT_RANGES[dtype]
+    return lambda e: type(e) is int and lo <= e <= hi
+
+
+def _element_message(e: Any, dtype: str) -> str:
+    if dtype in FLOAT_DTYPES:
+        return f'must be a number or one of "NaN", "Infinity", "-Infinity" for {dtype}, not {e!r:.40}'
+    if dtype == "bool":
+        return f"must be true or false for bool, not {e!r:.40}"
+    return f"must be an integer within {dtype}'s range, not {e!r:.40}"
