@@ -24,7 +24,7 @@ class Limits:
     max_tensor_elements: int = 16_777_216  # elements of one input tensor: 64 MiB of float32
     max_rank: int = 8  # dimensions of any tensor; TF kernels rarely go past 8
     max_expression_length: int = 4_096  # characters of `expression`
-    max_expression_depth: int = 64  # nesting of the expression's syntax tree
+    max_expression_depth: int = 200  # nesting of the syntax tree: a flat sum of n terms nests n deep
     max_order: int = 4  # derivative order by nested tapes; cost grows geometrically
     max_intermediate_elements: int = 16_777_216  # elements of any op's output (64 MiB of float32)
     max_result_elements: int = 16_777_216  # elements of a Jacobian or Hessian: 64 MiB of float32
