@@ -1,0 +1,68 @@
+"""The long-lived TensorFlow process: started with spawn, warmed up, fed jobs over a pipe.
+
+This is the only process that imports TensorFlow. Its parent (the RQ worker) can kill it
+at any moment, for a time-out or a stop request, and start another without losing its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from multiprocessing.connection import Connection
+from typing import Any
+
+from worker.graph.errors import InternalError, TapeserveError
+from worker.graph.limits import Limits
+
+log = logging.getLogger("tapeserve.tfprocess")
+
+# A graph with every mode's machinery, run once before the first job so that TF's kernels,
+# the tape and the tracing code are loaded and the first real job pays none of it.
+WARMUP_DOCS = [
+    {
+        "tensors": {"x": {"fill": 0.5, "shape": [4, 3]}, "w": {"fill": 0.1, "shape": [3, 2]}},
+        "ops": [
+            {"id": "h", "op": "matmul", "inputs": ["x", "w"]},
+            {"id": "y", "op": "reduce_sum", "inputs": ["h"]},
+        ],
+        "target": "y",
+        "sources": ["x", "w"],
+        "mode": mode,
+    }
+    for mode in ("gradient", "jacobian", "hessian")
+]
+
+
+def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: bool) -> None:
+    """Run jobs from `conn` until it closes: each message a document, each answer a tuple."""
+    # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from worker.engine import run_document
+
+    if require_gpu and not tf.config.list_physical_devices("GPU"):
+        conn.send(("fatal", "this worker serves the gpu pool but TensorFlow sees no GPU"))
+        return
+    tf_device = device or ("/GPU:0" if require_gpu else "/CPU:0")
+    for doc in WARMUP_DOCS:
+        run_document(doc, limits=limits, device=tf_device)
+    conn.send(("ready", tf_device))
+    while True:
+        try:
+            doc = conn.recv()
+        except EOFError:
+            return  # the parent is gone
+        if doc is None:
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", run_document(doc, limits=limits, device=tf_device))
+        except TapeserveError as exc:
+            answer = ("error", exc.problem())
+        except Exception as exc:  # a bug in the engine: report it as one, across the pipe
+            log.exception("engine bug")
+            answer = ("error", InternalError([], detail=f"internal error: {type(exc).__name__}").problem())
+        conn.send(answer)
