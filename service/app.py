@@ -1,0 +1,83 @@
+"""The app factory: settings, Redis, the job queue, the routes and the error handlers."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, request
+from redis import Redis
+
+from worker.graph.ops import REGISTRY
+from worker.logs import configure_logging
+
+from .auth import KeyRing, install_auth, load_keys
+from .config import DEFAULTS, limits_from_config
+from .jobqueue import JobQueue
+from .metrics import install_metrics
+from .problems import register_error_handlers
+from .ratelimit import install_rate_limit
+from .routes import docs, gradients, health, jobs, ops
+from .state import Services
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REDIS_TIMEOUT_S = 5.0  # a Redis call that takes longer than this fails (and becomes a 503)
+JOB_TIMEOUT_MARGIN_S = 30  # RQ's own job time-out sits behind the TF process's time limit
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the API: defaults, then `REDIS_URL` and `TAPESERVE_*` from the environment, then `config`."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("TAPESERVE")
+    if "REDIS_URL" in os.environ:
+        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
+    if config:
+        app.config.update(config)
+    if not app.testing:
+        configure_logging(app.config["LOG_FORMAT"])
+
+    limits = limits_from_config(app.config)
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    redis = Redis.from_url(
+        app.config["REDIS_URL"],
+        socket_timeout=REDIS_TIMEOUT_S + float(app.config["MAX_WAIT_S"]),
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=10,
+        retry_on_timeout=False,
+    )
+    app.extensions["tapeserve"] = Services(
+        redis=redis,
+        jobs=JobQueue(
+            redis,
+            result_ttl=int(app.config["RESULT_TTL_S"]),
+            failure_ttl=int(app.config["FAILURE_TTL_S"]),
+            queued_ttl=int(app.config["QUEUED_TTL_S"]),
+            job_timeout=limits.time_limit_s + JOB_TIMEOUT_MARGIN_S,
+            worker_check_s=float(app.config["WORKER_CHECK_S"]),
+        ),
+        limits=limits,
+        registry=REGISTRY,
+        pools=tuple(p.strip() for p in str(app.config["POOLS"]).split(",") if p.strip()),
+    )
+
+    @app.before_request
+    def request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    install_metrics(app)
+    install_auth(app, KeyRing(load_keys(str(app.config["API_KEYS"]), str(app.config["API_KEYS_FILE"]))))
+    install_rate_limit(app, str(app.config["RATE_LIMIT"]), app.config["REDIS_URL"])
+    for module in (gradients, jobs, ops, health, docs):
+        app.register_blueprint(module.bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,35 @@
+"""The API's settings: defaults here, overridden by `TAPESERVE_*` variables and tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from worker.graph.limits import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS: dict[str, Any] = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DEFAULT_WAIT_S": 5.0,  # POST waits this long for a result before answering 202
+    "MAX_WAIT_S": 60.0,  # the most a client may ask for with `Prefer: wait=N`
+    "RESULT_TTL_S": 3600,  # finished jobs and their results are kept an hour
+    "FAILURE_TTL_S": 3600,  # failed jobs likewise
+    "QUEUED_TTL_S": 86_400,  # a job nobody has started within a day is dropped
+    "POOLS": "cpu",  # pools this deployment runs; /readyz wants a worker in each
+    "WORKER_CHECK_S": 1.0,  # how long a "pool has a worker" answer is reused
+    "RETRY_AFTER_S": 5,  # sent with 503 answers
+    "OPENAPI_PATH": str(ROOT / "openapi.yaml"),
+    "API_KEYS": "",  # comma-separated keys; empty (and no file) means no authentication
+    "API_KEYS_FILE": "",  # a file of keys, one per line
+    "RATE_LIMIT": "",  # per key (or per client address without keys), e.g. "100/second"
+    "LOG_FORMAT": "text",
+}
+
+
+def limits_from_config(config: Mapping[str, Any]) -> Limits:
+    """Build the request limits from `MAX_*` and `TIME_LIMIT_S` config keys."""
+    names = {f.name for f in dataclasses.fields(Limits)}
+    return Limits.from_mapping({k.lower(): v for k, v in config.items() if k.lower() in names})

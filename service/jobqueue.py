@@ -1,0 +1,142 @@
+"""Jobs on RQ: enqueue by dotted path, wait on the result stream, read, cancel, delete."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.worker_registration import clean_worker_registry
+
+from worker.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, queue_name
+
+# RQ's statuses, as the contract names them.
+STATUS = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.DEFERRED: "queued",
+    JobStatus.SCHEDULED: "queued",
+    JobStatus.STARTED: "started",
+    JobStatus.FINISHED: "finished",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "canceled",
+    JobStatus.CANCELED: "canceled",
+}
+LOST_PROBLEM = {
+    "type": "https://tapeserve.dev/problems/worker-lost",
+    "title": "The worker running this job was lost",
+    "status": 422,
+    "detail": "the job did not finish: its worker stopped (killed, or its host lost) while running it",
+    "errors": [],
+}
+CANCELED_PROBLEM = {
+    "type": "https://tapeserve.dev/problems/job-canceled",
+    "title": "The job was canceled",
+    "status": 409,
+    "detail": "the job was canceled before it finished",
+    "errors": [],
+}
+
+
+class JobQueue:
+    """The API's view of RQ: one queue per device pool plus `any`."""
+
+    def __init__(
+        self,
+        connection: Redis,
+        *,
+        result_ttl: int,
+        failure_ttl: int,
+        queued_ttl: int,
+        job_timeout: float,
+        worker_check_s: float,
+    ):
+        self.connection = connection
+        self.queues = {d: Queue(queue_name(d), connection=connection, serializer=OrjsonSerializer) for d in DEVICES}
+        self.result_ttl = result_ttl
+        self.failure_ttl = failure_ttl
+        self.queued_ttl = queued_ttl
+        self.job_timeout = job_timeout
+        self.worker_check_s = worker_check_s
+        self._workers: dict[str, int] = {}
+        self._workers_at = 0.0
+
+    def workers(self) -> dict[str, int]:
+        """Count live workers per pool (reused for `worker_check_s`; dead ones are cleaned out)."""
+        now = time.monotonic()
+        if now - self._workers_at > self.worker_check_s:
+            counts = {}
+            for pool in POOLS:
+                queue = self.queues[pool]
+                clean_worker_registry(queue)
+                counts[pool] = Worker.count(queue=queue)
+            self._workers, self._workers_at = counts, now
+        return self._workers
+
+    def has_worker(self, device: str) -> bool:
+        counts = self.workers()
+        return sum(counts.values()) > 0 if device == "any" else counts.get(device, 0) > 0
+
+    def enqueue(self, function: str, payload: Any, *, device: str, meta: dict[str, Any]) -> Job:
+        """Queue a job for a device pool under an unguessable id (a random UUID)."""
+        return self.queues[device].enqueue(
+            function,
+            payload,
+            job_id=str(uuid.uuid4()),
+            result_ttl=self.result_ttl,
+            failure_ttl=self.failure_ttl,
+            ttl=self.queued_ttl,
+            job_timeout=self.job_timeout,
+            meta=meta,
+        )
+
+    def fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.connection, serializer=OrjsonSerializer)
+        except NoSuchJobError:
+            return None
+
+    def wait(self, job_id: str, timeout_s: float) -> bool:
+        """Block on the job's result stream (XREAD) for up to `timeout_s`; say whether it ended."""
+        if timeout_s <= 0:
+            return self.connection.exists(Result.get_key(job_id)) > 0
+        block_ms = max(1, int(timeout_s * 1000))
+        return bool(self.connection.xread({Result.get_key(job_id): "0-0"}, count=1, block=block_ms))
+
+    def document(self, job: Job) -> dict[str, Any]:
+        """The job as the API shows it: id, status, and result or error."""
+        status = STATUS.get(job.get_status(refresh=False) or JobStatus.QUEUED, "queued")
+        doc: dict[str, Any] = {"id": job.id, "status": status}
+        for key, value in (
+            ("created_at", job.created_at),
+            ("started_at", job.started_at),
+            ("ended_at", job.ended_at),
+        ):
+            if value is not None:
+                doc[key] = value.isoformat().replace("+00:00", "Z")
+        if status == "finished":
+            result = job.latest_result()
+            doc["result"] = result.return_value if result is not None else None
+        elif status == "failed":
+            doc["error"] = job.meta.get(PROBLEM_META) or LOST_PROBLEM
+        elif status == "canceled":
+            doc["error"] = CANCELED_PROBLEM
+        return doc
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a queued job, stop a running one, delete a finished one."""
+        status = job.get_status()
+        if status == JobStatus.STARTED:
+            try:
+                send_stop_job_command(self.connection, job.id, serializer=OrjsonSerializer)
+            except InvalidJobOperation:
+                pass  # it finished in the meantime
+        elif status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            job.cancel()
+        else:
+            job.delete()

@@ -1,0 +1,97 @@
+"""RFC 9457 problem documents: the one place where errors become HTTP answers.
+
+Domain errors (TapeserveError) carry their own status; werkzeug's HTTP errors and Redis's
+connection errors are translated here, once. Anything else is a bug: it is logged with its
+trace and answered with a bare 500 problem that says nothing of the internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import redis.exceptions
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from worker.graph.errors import TapeserveError
+
+log = logging.getLogger("tapeserve.api")
+
+PROBLEM_BASE = "https://tapeserve.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+# How lower layers' exceptions map to problems: (status, type, title). A test checks that
+# each exception the API can meet has an entry here.
+LOWER_EXCEPTIONS: dict[type[Exception], tuple[int, str, str]] = {
+    redis.exceptions.ConnectionError: (503, "redis-unavailable", "The job store is unavailable"),
+    redis.exceptions.TimeoutError: (503, "redis-unavailable", "The job store is unavailable"),
+    redis.exceptions.BusyLoadingError: (503, "redis-unavailable", "The job store is loading"),
+    redis.exceptions.ReadOnlyError: (503, "redis-unavailable", "The job store is read-only (failing over)"),
+}
+
+
+def problem_response(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    """Answer with a problem document."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + kind,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": errors or [],
+    }
+    if extra:
+        body.update(extra)
+    return problem_from_document(body, headers=headers)
+
+
+def problem_from_document(body: dict[str, Any], *, headers: dict[str, str] | None = None) -> Response:
+    """Answer with an already built problem document (a job's error, say)."""
+    body.setdefault("instance", request.path)
+    response = Response(orjson.dumps(body), status=int(body["status"]), mimetype=PROBLEM_JSON)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers that turn every error into a problem document."""
+
+    @app.errorhandler(TapeserveError)
+    def domain_error(exc: TapeserveError) -> Response:
+        return problem_from_document(exc.problem())
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, InternalServerError):
+            return internal_error(exc)
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
+        kind = (exc.name or "error").lower().replace(" ", "-")
+        return problem_response(status, kind, exc.name, exc.description or exc.name, headers=headers)
+
+    for exc_type, (status, kind, title) in LOWER_EXCEPTIONS.items():
+
+        def lower_error(exc: Exception, _s: int = status, _k: str = kind, _t: str = title) -> Response:
+            log.warning("%s: %s", _t, type(exc).__name__)
+            retry = str(current_app.config["RETRY_AFTER_S"])
+            return problem_response(_s, _k, _t, "try again shortly", headers={"Retry-After": retry})
+
+        app.register_error_handler(exc_type, lower_error)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(exc: InternalServerError) -> Response:
+        original = getattr(exc, "original_exception", None)
+        if original is not None:
+            log.error("unhandled error on %s %s", request.method, request.path, exc_info=original)
+        return problem_response(500, "internal-error", "Internal error", "an unexpected error; it has been logged")

@@ -1,0 +1,45 @@
+"""`GET` and `DELETE /v1/jobs/{id}`: read (long-polling with `Prefer: wait=N`) and cancel."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, request
+from rq.job import Job
+from werkzeug.exceptions import NotFound
+
+from worker.protocol import OWNER_META
+
+from ..prefer import parse_prefer
+from ..responses import json_response
+from ..state import services
+
+bp = Blueprint("jobs", __name__)
+
+
+def owned_job(job_id: str) -> Job:
+    """Return the job if it exists and belongs to the caller; otherwise 404 (ids leak nothing)."""
+    job = services().jobs.fetch(job_id) if len(job_id) <= 64 else None
+    if job is None or job.meta.get(OWNER_META, "") != g.get("owner", ""):
+        raise NotFound(f"no job {job_id[:64]}: unknown, expired, or not yours")
+    return job
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """Answer with the job: its status, and its result or error once it has ended."""
+    svc = services()
+    job = owned_job(job_id)
+    prefs = parse_prefer(request.headers)
+    headers = {}
+    if prefs.wait is not None:
+        wait = min(prefs.wait, float(current_app.config["MAX_WAIT_S"]))
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        if svc.jobs.document(job)["status"] in ("queued", "started") and svc.jobs.wait(job_id, wait):
+            job = owned_job(job_id)
+    return json_response(svc.jobs.document(job), 200, headers)
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def delete_job(job_id: str) -> Response:
+    """Cancel a queued job, stop a running one, or delete a finished one."""
+    services().jobs.cancel(owned_job(job_id))
+    return Response(status=204)

@@ -1,0 +1,27 @@
+"""What the app factory builds once and the views use: Redis, the job queue, the limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from redis import Redis
+
+from worker.graph.limits import Limits
+from worker.graph.registry import Registry
+
+from .jobqueue import JobQueue
+
+
+@dataclass
+class Services:
+    redis: Redis
+    jobs: JobQueue
+    limits: Limits
+    registry: Registry
+    pools: tuple[str, ...]
+
+
+def services() -> Services:
+    """Return the services of the current app."""
+    return current_app.extensions["tapeserve"]  # type: ignore[no-any-return]

@@ -1,0 +1,222 @@
+"""Fixtures: a private redis-server, the app and its client, an in-process worker, and
+for end-to-end tests the real processes (gunicorn and `python -m worker`) on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # the thing is still starting
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready within {timeout} s")
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a free port, which a test may stop and start again."""
+
+    port: int
+    workdir: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (.ci/run and `make test` install it)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: Redis(port=self.port).ping(), 10, "redis-server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tempfile.mkdtemp(prefix="tapeserve-redis-"))
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[Redis]:
+    """A clean Redis for this test (the private server, flushed)."""
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def app(redis: Redis, redis_server: RedisServer) -> Any:
+    from service import create_app
+
+    return create_app({"TESTING": True, "REDIS_URL": redis_server.url, "DEFAULT_WAIT_S": 0, "WORKER_CHECK_S": 0})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@dataclass
+class InProcessWorker:
+    """Drives RQ's SimpleWorker in this process over the real Redis (as RQ's own tests do)."""
+
+    redis: Redis
+
+    def make(self, pool: str) -> Any:
+        from rq import Queue, SimpleWorker
+
+        from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
+
+        queues = [Queue(queue_name(q), connection=self.redis, serializer=OrjsonSerializer) for q in POOL_QUEUES[pool]]
+        return SimpleWorker(queues, connection=self.redis, serializer=OrjsonSerializer)
+
+    def register(self, pool: str = "cpu") -> Any:
+        """Register a worker for a pool (so the API sees one) without running jobs yet."""
+        w = self.make(pool)
+        w.register_birth()
+        return w
+
+    def work(self, pool: str = "cpu") -> None:
+        """Run every queued job of the pool, then return."""
+        self.make(pool).work(burst=True, logging_level="WARNING")
+
+
+@pytest.fixture
+def worker(redis: Redis) -> InProcessWorker:
+    from worker import jobs
+
+    jobs.install_runner(None)  # the in-process engine: real TensorFlow, no TF subprocess
+    return InProcessWorker(redis)
+
+
+@dataclass
+class Stack:
+    """The real processes: redis-server, `python -m worker`, gunicorn; spoken to over HTTP."""
+
+    redis: RedisServer
+    base: str
+    api: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
+    env: dict[str, str]
+
+    def post(self, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(f"{self.base}/v1/gradients", json=body, timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(f"{self.base}{path}", timeout=60, **kwargs)
+
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "worker", "--pool", "cpu", *args], cwd=ROOT, env=self.env, start_new_session=True
+        )
+        self.workers.append(proc)
+        return proc
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_until(lambda: self.get("/readyz").status_code == 200, timeout, "the stack")
+
+
+def start_stack(redis_server: RedisServer, extra_env: dict[str, str] | None = None) -> Stack:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": redis_server.url,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "TAPESERVE_WORKER_CHECK_S": "0",
+            "TAPESERVE_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra_env or {})
+    api = subprocess.Popen(
+        [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    stack = Stack(redis_server, f"http://127.0.0.1:{port}", api, [], env)
+    wait_until(lambda: stack.get("/healthz").status_code == 200, 30, "gunicorn")
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    for proc in [*stack.workers, stack.api]:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in [*stack.workers, stack.api]:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def stack_redis() -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tempfile.mkdtemp(prefix="tapeserve-e2e-redis-"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_redis: RedisServer) -> Iterator[Stack]:
+    """One live stack shared by the end-to-end tests: a worker and the API."""
+    s = start_stack(stack_redis, {"TAPESERVE_TIME_LIMIT_S": "20"})
+    s.start_worker()
+    s.wait_ready()
+    yield s
+    stop_stack(s)
