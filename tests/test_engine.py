@@ -266,3 +266,50 @@ def test_a_runtime_failure_names_the_op() -> None:
     (error,) = info.value.errors
     assert error.path == "/ops/0"
     assert "op 'inv'" in error.message and "{{" not in error.message
+
+
+def chain_document(values: list[float], length: int = 40) -> dict[str, Any]:
+    ops, prev = [], "x"
+    for i in range(length):
+        op = ("sin", "multiply", "add", "tanh")[i % 4]
+        ops.append({"id": f"o{i}", "op": op, "inputs": [prev] if op in ("sin", "tanh") else [prev, 0.5]})
+        prev = f"o{i}"
+    ops.append({"id": "y", "op": "reduce_sum", "inputs": [prev]})
+    return {"tensors": {"x": values}, "ops": ops, "target": "y", "sources": ["x"]}
+
+
+@pytest.mark.parametrize("mode", ["gradient", "jacobian", "hessian", "jvp"])
+def test_compiled_runs_match_eager_runs_and_are_counted(mode: str) -> None:
+    from worker.engine.cache import CompiledFunctions
+    from worker.engine.execute import run_request
+    from worker.graph.request import parse_request
+
+    cache = CompiledFunctions(compile_after=2)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        doc = {**chain_document(rng.normal(size=5).tolist()), "mode": mode}
+        if mode == "jvp":
+            doc["tangents"] = {"x": rng.normal(size=5).tolist()}
+        req = parse_request(doc)
+        cached, eager = run_request(req, cache=cache), run_request(req, cache=None)
+        key = {"gradient": "gradients", "jacobian": "jacobians", "hessian": "hessians", "jvp": "jvp"}[mode]
+        got = cached[key] if mode == "jvp" else cached[key]["x"]
+        want = eager[key] if mode == "jvp" else eager[key]["x"]
+        np.testing.assert_allclose(value(got), value(want), rtol=1e-5, atol=1e-6)
+        assert cached["target"]["value"] == pytest.approx(eager["target"]["value"], rel=1e-5)
+    assert (cache.stats.compiles, cache.stats.hits, cache.stats.misses) == (1, 1, 2)
+
+
+def test_a_runtime_failure_in_a_compiled_function_still_names_the_op() -> None:
+    from worker.engine.cache import CompiledFunctions
+    from worker.engine.execute import run_request
+    from worker.graph.request import parse_request
+
+    cache = CompiledFunctions(compile_after=1)
+    doc = {"tensors": {"m": [[1.0, 2.0], [2.0, 4.0]]}, "expression": "reduce_sum(linalg.inv(m))", "sources": ["m"]}
+    for _ in range(2):
+        with pytest.raises(ExecutionError) as info:
+            run_request(parse_request(doc), cache=cache)
+        assert info.value.errors[0].path == "/expression" and "linalg.inv" in info.value.errors[0].message
+    good = {**doc, "tensors": {"m": [[2.0, 0.0], [0.0, 4.0]]}}
+    assert run_request(parse_request(good), cache=cache)["target"]["value"] == pytest.approx(0.75)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from worker.graph.errors import ExecutionError, FieldError
 from worker.graph.request import GradientRequest, Literal, Node, Ref
 
+from .cache import FUNCTIONS, CompiledFunctions, structure_key
 from .codec import count_nonfinite, decode_tensor, encode_array
 
 UNCONNECTED = {"none": tf.UnconnectedGradients.NONE, "zero": tf.UnconnectedGradients.ZERO}
@@ -145,22 +146,55 @@ def op_failed(node: Node, exc: Exception) -> ExecutionError:
     return ExecutionError(FieldError(node.path, f"op '{node.id}' ({node.spec.name}) failed: {message}", node.position))
 
 
-def run_request(req: GradientRequest, device: str | None = None) -> dict[str, Any]:
-    """Run a checked request eagerly and return its result document."""
+def run_request(
+    req: GradientRequest, device: str | None = None, cache: CompiledFunctions | None = FUNCTIONS
+) -> dict[str, Any]:
+    """Run a checked request (compiled if its structure was seen before) and return its result."""
     inputs, extra = input_arrays(req)
-    compute = make_compute(req)
     with tf.device(device) if device else contextlib.nullcontext():
         tensors = [tf.constant(a) for a in inputs]
         extras = [tf.constant(a) for a in extra]
-        try:
-            targets, results = compute(tensors, extras)
-        except (LookupError, tf.errors.OpError, ValueError) as exc:
-            if isinstance(exc, ExecutionError):
-                raise
-            message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-            message = _TF_NOISE.sub("", message).strip().splitlines()[0]
-            raise ExecutionError(FieldError("/target", f"TensorFlow could not differentiate: {message}")) from None
+        if cache is None:
+            targets, results = _run_eagerly(req, tensors, extras)
+        else:
+            targets, results = _run_cached(req, tensors, extras, device or "", cache)
     return encode_result(req, targets, results)
+
+
+def _run_cached(
+    req: GradientRequest, tensors: list[tf.Tensor], extras: list[tf.Tensor], device: str, cache: CompiledFunctions
+) -> Results:
+    key = structure_key(req, device)
+    fn = cache.get(key)
+    if fn is None and cache.should_compile(key):
+        signature = (
+            [tf.TensorSpec(t.shape, t.dtype) for t in tensors],
+            [tf.TensorSpec(t.shape, t.dtype) for t in extras],
+        )
+        fn = tf.function(make_compute(req), input_signature=signature, autograph=False)
+        cache.put(key, fn)
+    if fn is None:
+        return _run_eagerly(req, tensors, extras)
+    try:
+        targets, results = fn(tensors, extras)
+        return list(targets), list(results)
+    except (LookupError, tf.errors.OpError, ValueError, TypeError):
+        # A traced graph's error does not say which op failed; the eager run does, or it
+        # succeeds, and this structure is run eagerly from then on.
+        outcome = _run_eagerly(req, tensors, extras)
+        cache.mark_eager_only(key)
+        return outcome
+
+
+def _run_eagerly(req: GradientRequest, tensors: list[tf.Tensor], extras: list[tf.Tensor]) -> Results:
+    try:
+        return make_compute(req)(tensors, extras)
+    except ExecutionError:
+        raise
+    except (LookupError, tf.errors.OpError, ValueError) as exc:
+        message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+        message = _TF_NOISE.sub("", message).strip().splitlines()[0]
+        raise ExecutionError(FieldError("/target", f"TensorFlow could not differentiate: {message}")) from None
 
 
 def encode_result(req: GradientRequest, targets: Sequence[tf.Tensor], results: Sequence[Any]) -> dict[str, Any]:
