@@ -109,8 +109,14 @@ def parse_request(
     doc: Any,
     registry: Registry = REGISTRY,
     limits: Limits = DEFAULT_LIMITS,
+    *,
+    check_values: bool = True,
 ) -> GradientRequest:
-    """Check a request document and return it as a GradientRequest, or raise GraphError."""
+    """Check a request document and return it as a GradientRequest, or raise GraphError.
+
+    `check_values=False` skips the walk over every tensor element (for documents the API
+    has already checked); structure, names, shapes, sizes and limits are always checked.
+    """
     errors = ErrorCollector()
     if not isinstance(doc, dict):
         raise GraphError(FieldError("", "the request must be a JSON object"))
@@ -124,7 +130,7 @@ def parse_request(
     encoding = _choice(doc, "encoding", ENCODINGS, "json", errors)
     order = _order(doc, mode, limits, errors)
 
-    tensors = _tensors(doc.get("tensors"), errors, limits)
+    tensors = _tensors(doc.get("tensors"), errors, limits, check_values)
     op_docs, op_paths, positions, expr_target = _op_documents(doc, tensors, registry, limits, errors)
     declared_ids = {op["id"] for op in op_docs if isinstance(op, dict) and isinstance(op.get("id"), str)}
     nodes = _nodes(op_docs, op_paths, positions, tensors, registry, errors)
@@ -172,7 +178,7 @@ def _order(doc: Mapping[str, Any], mode: str, limits: Limits, errors: ErrorColle
     return order
 
 
-def _tensors(raw: Any, errors: ErrorCollector, limits: Limits) -> dict[str, TensorSpec]:
+def _tensors(raw: Any, errors: ErrorCollector, limits: Limits, check_values: bool) -> dict[str, TensorSpec]:
     if raw is None:
         errors.add("/tensors", "is required: an object of name -> tensor")
         return {}
@@ -188,7 +194,7 @@ def _tensors(raw: Any, errors: ErrorCollector, limits: Limits) -> dict[str, Tens
         if not NAME_RE.match(name):
             errors.add(path, f"name {_short(name)} must match {NAME_RE.pattern}")
             continue
-        spec = parse_tensor(value, path, errors, limits)
+        spec = parse_tensor(value, path, errors, limits, check_values=check_values)
         if spec is not None:
             out[name] = spec
     return out
