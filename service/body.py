@@ -8,8 +8,10 @@ import orjson
 from flask import Request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
+from worker.graph.errors import FieldError, LimitExceeded, pointer
 
-def read_json(request: Request, max_bytes: int) -> Any:
+
+def read_json(request: Request, max_bytes: int, max_depth: int) -> Any:
     """Return the parsed JSON body, or raise the HTTP error that says what is wrong with it."""
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'}")
@@ -22,9 +24,31 @@ def read_json(request: Request, max_bytes: int) -> Any:
     if not data.strip():
         raise BadRequest("the body is empty; send a JSON object")
     try:
-        return orjson.loads(data)
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {_describe(exc)}") from None
+    check_depth(doc, max_depth)
+    return doc
+
+
+def check_depth(doc: Any, limit: int) -> None:
+    """Raise LimitExceeded, pointing at the place, if containers nest deeper than `limit`.
+
+    A list whose first element is a scalar is a row of numbers: its elements are checked as
+    scalars later (anything else in it is refused then), so the walk skips it and stays
+    cheap for big tensors.
+    """
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(doc, 1, ())]
+    while stack:
+        obj, depth, path = stack.pop()
+        if depth > limit:
+            raise LimitExceeded(
+                FieldError(pointer(*path), f"JSON nests deeper than the limit max_json_depth = {limit}")
+            )
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1, (*path, k)) for k, v in obj.items() if isinstance(v, dict | list))
+        elif obj and isinstance(obj[0], dict | list):
+            stack.extend((v, depth + 1, (*path, i)) for i, v in enumerate(obj) if isinstance(v, dict | list))
 
 
 def _describe(exc: orjson.JSONDecodeError) -> str:

@@ -390,7 +390,7 @@ def test_length_is_checked_before_parsing() -> None:
     ],
 )
 def test_deep_nesting_is_a_limit(text: str) -> None:
-    limits = Limits(max_expression_length=1_000_000)
+    limits = Limits(max_expression_length=1_000_000, max_expression_depth=64)
     with pytest.raises(LimitExceeded) as info:
         parse(text, limits=limits)
     (error,) = info.value.errors
@@ -398,9 +398,10 @@ def test_deep_nesting_is_a_limit(text: str) -> None:
 
 
 def test_depth_at_the_limit_is_accepted() -> None:
-    parsed = parse("(" * 60 + "+".join(["x"] * 64) + ")" * 60)
+    limits = Limits(max_expression_depth=64)
+    parsed = parse("(" * 60 + "+".join(["x"] * 64) + ")" * 60, limits=limits)
     assert len(parsed.ops) == 63
-    assert parse("tanh(" * 63 + "x" + ")" * 63).target == "_e63"
+    assert parse("tanh(" * 63 + "x" + ")" * 63, limits=limits).target == "_e63"
 
 
 def test_brackets_inside_strings_do_not_count_towards_depth() -> None:

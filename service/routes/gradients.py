@@ -24,7 +24,7 @@ bp = Blueprint("gradients", __name__)
 def post_gradients() -> Response:
     """Check a graph, queue it, and answer with its result or a job to poll."""
     svc = services()
-    doc = read_json(request, svc.limits.max_body_bytes)
+    doc = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
     check_envelope(GRADIENT_SCHEMA, doc)
     parsed = parse_request(doc, svc.registry, svc.limits)
     return submit(JOB_FUNCTION, doc, parsed.device)
@@ -34,7 +34,7 @@ def post_gradients() -> Response:
 def post_batch() -> Response:
     """Check many graphs and run them as one job; answer with a result or problem for each."""
     svc = services()
-    doc = read_json(request, svc.limits.max_body_bytes)
+    doc = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
     check_envelope(BATCH_SCHEMA, doc)
     graphs = doc["graphs"]
     if len(graphs) > svc.limits.max_batch_graphs:

@@ -6,8 +6,17 @@ the API (or the job wrapper) turns them into RFC 9457 problem documents.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
+
+_SHORT = reprlib.Repr()  # keyword arguments arrive only in Python 3.12
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 30, 30, 4, 4
+
+
+def short_repr(value: Any) -> str:
+    """A short repr for messages, bounded in depth so that hostile nesting cannot recurse."""
+    return _SHORT.repr(value)
 
 
 def pointer(*parts: str | int) -> str:

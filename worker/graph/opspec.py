@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dtypes import FLOAT_DTYPES, INT_DTYPES
+from .errors import short_repr
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,12 @@ class AttrSpec:
         elif kind == "dtype":
             if value not in (self.choices or (*FLOAT_DTYPES, *INT_DTYPES, "bool")):
                 allowed = ", ".join(self.choices or (*FLOAT_DTYPES, *INT_DTYPES, "bool"))
-                raise AttrError(f"must be one of {allowed}, not {value!r}")
+                raise AttrError(f"must be one of {allowed}, not {short_repr(value)}")
             out = value
         else:  # pragma: no cover - a registry bug, caught by the registry tests
             raise AssertionError(f"unknown attr kind {kind}")
         if self.choices is not None and kind != "dtype" and out not in self.choices:
-            raise AttrError(f"must be one of {', '.join(map(repr, self.choices))}, not {value!r}")
+            raise AttrError(f"must be one of {', '.join(map(repr, self.choices))}, not {short_repr(value)}")
         return out
 
     def _bounds(self, v: float) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dtypes import FLOAT_DTYPES, is_float
-from .errors import ErrorCollector, FieldError, GraphError, pointer
+from .errors import ErrorCollector, FieldError, GraphError, pointer, short_repr
 from .expression import parse_expression
 from .limits import DEFAULT_LIMITS, Limits
 from .ops import REGISTRY
@@ -630,6 +630,4 @@ def _mode_fields(doc: Mapping[str, Any], req: GradientRequest, limits: Limits, e
             )
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+_short = short_repr

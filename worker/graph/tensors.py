@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dtypes import DEFAULT_DTYPE, DTYPES, FLOAT_DTYPES, INT_RANGES, ITEMSIZE
-from .errors import ErrorCollector, FieldError, TensorTooLarge, pointer
+from .errors import ErrorCollector, FieldError, TensorTooLarge, pointer, short_repr
 from .limits import Limits
 
 # The proto3 JSON spelling of non-finite floats, accepted in requests and written in results.
@@ -79,7 +79,7 @@ def parse_tensor(
 
     dtype = raw.get("dtype", default_dtype)
     if dtype not in DTYPES:
-        errors.add(pointer_join(path, "dtype"), f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
+        errors.add(pointer_join(path, "dtype"), f"unknown dtype {short_repr(dtype)}; one of {', '.join(DTYPES)}")
         return None
 
     shape: tuple[int, ...] | None = None
@@ -208,7 +208,7 @@ def _element_check(dtype: str) -> Any:
 
 def _element_message(e: Any, dtype: str) -> str:
     if dtype in FLOAT_DTYPES:
-        return f'must be a number or one of "NaN", "Infinity", "-Infinity" for {dtype}, not {e!r:.40}'
+        return f'must be a number or one of "NaN", "Infinity", "-Infinity" for {dtype}, not {short_repr(e)}'
     if dtype == "bool":
-        return f"must be true or false for bool, not {e!r:.40}"
-    return f"must be an integer within {dtype}'s range, not {e!r:.40}"
+        return f"must be true or false for bool, not {short_repr(e)}"
+    return f"must be an integer within {dtype}'s range, not {short_repr(e)}"
