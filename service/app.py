@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
-from redis import Redis
 
 from worker.graph.ops import REGISTRY
 from worker.logs import configure_logging
+from worker.redisconn import connect_from_env
 
 from .auth import KeyRing, install_auth, load_keys
 from .config import DEFAULTS, limits_from_config
@@ -42,7 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     limits = limits_from_config(app.config)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
-    redis = Redis.from_url(
+    redis = connect_from_env(
         app.config["REDIS_URL"],
         socket_timeout=REDIS_TIMEOUT_S + float(app.config["MAX_WAIT_S"]),
         socket_connect_timeout=REDIS_TIMEOUT_S,

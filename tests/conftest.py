@@ -30,6 +30,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def redis_ping(port: int) -> bool:
+    client = Redis(port=port, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,7 +72,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: Redis(port=self.port).ping(), 10, "redis-server")
+        wait_until(lambda: redis_ping(self.port), 10, "redis-server")
 
     def stop(self) -> None:
         if self.process is not None:
