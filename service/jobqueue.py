@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import Any
 
+import orjson
 from redis import Redis
 from rq import Queue, Worker
 from rq.command import send_stop_job_command
@@ -15,6 +17,8 @@ from rq.results import Result
 from rq.worker_registration import clean_worker_registry
 
 from worker.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, queue_name
+
+SUCCESSFUL = str(Result.Type.SUCCESSFUL.value).encode()
 
 # RQ's statuses, as the contract names them.
 STATUS = {
@@ -120,13 +124,26 @@ class JobQueue:
             if value is not None:
                 doc[key] = value.isoformat().replace("+00:00", "Z")
         if status == "finished":
-            result = job.latest_result()
-            doc["result"] = result.return_value if result is not None else None
+            doc["result"] = self.raw_result(job.id)
         elif status == "failed":
             doc["error"] = job.meta.get(PROBLEM_META) or LOST_PROBLEM
         elif status == "canceled":
             doc["error"] = CANCELED_PROBLEM
         return doc
+
+    def raw_result(self, job_id: str) -> orjson.Fragment | None:
+        """Return the job's result as the JSON the worker wrote, to be spliced into the answer.
+
+        Reading the stream entry directly (not RQ's Result, which parses it) keeps a 1M-float
+        result from being parsed and written again here: ~190 ms saved on this machine.
+        """
+        entries = self.connection.xrevrange(Result.get_key(job_id), "+", "-", count=1)
+        if not entries:
+            return None
+        fields = entries[0][1] or {}
+        if fields.get(b"type") != SUCCESSFUL or b"return_value" not in fields:
+            return None
+        return orjson.Fragment(base64.b64decode(fields[b"return_value"]))  # type: ignore[arg-type]
 
     def cancel(self, job: Job) -> None:
         """Cancel a queued job, stop a running one, delete a finished one."""
