@@ -49,6 +49,8 @@ DIRECT_CALLS: dict[str, Any] = {
     "concat": lambda xs, **a: tf.concat(list(xs), **a),
     "stack": lambda xs, **a: tf.stack(list(xs), **a),
     "einsum": lambda xs, equation: tf.einsum(equation, *xs),
+    # offset and scale are optional inputs; TF takes None for them, positionally.
+    "nn.batch_normalization": lambda xs, **a: tf.nn.batch_normalization(*xs, *[None] * (5 - len(xs)), **a),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from . import activations, arithmetic, comparisons, linalg, math, nn, reductions, shapes
+from . import activations, arithmetic, comparisons, linalg, math, nn, reductions, selection, shapes
 
 REGISTRY = Registry(
     [
@@ -13,6 +13,7 @@ REGISTRY = Registry(
         *reductions.OPS,
         *linalg.OPS,
         *shapes.OPS,
+        *selection.OPS,
         *comparisons.OPS,
         *nn.OPS,
     ]
