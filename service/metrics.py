@@ -85,7 +85,9 @@ def metrics() -> Response:
 
         registry = default  # type: ignore[assignment]
     text = generate_latest(registry) + generate_latest(_queue_registry())
-    return Response(text, mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Content-Type": CONTENT_TYPE_LATEST})
+    response = Response(text)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
 
 
 def _queue_registry() -> CollectorRegistry:

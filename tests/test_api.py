@@ -190,7 +190,8 @@ def test_openapi_and_docs_are_served_locally(client: Any) -> None:
     assert spec.status_code == 200 and b"openapi: 3.1" in spec.data
     page = client.get("/docs").get_data(as_text=True)
     assert "/docs/static/swagger-ui-bundle.js" in page and "http" not in page.split("<body>")[1].split("url:")[0]
-    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+    with client.get("/docs/static/swagger-ui-bundle.js") as bundle:
+        assert bundle.status_code == 200 and b"SwaggerUIBundle" in bundle.data
 
 
 def test_request_id_is_echoed_or_made_and_stored_in_the_job(client: Any, worker: Any) -> None:

@@ -37,7 +37,11 @@ def test_contract_example_2(stack: Stack, doc: dict[str, Any]) -> None:
     assert r.status_code == 200, r.text
     result = r.json()["result"]
     assert result["target"]["value"] == 114.0
-    assert result["gradients"]["x"] == {"value": [[6.0, 6.0, 6.0], [6.0, 6.0, 6.0]], "dtype": "float32", "shape": [2, 3]}
+    assert result["gradients"]["x"] == {
+        "value": [[6.0, 6.0, 6.0], [6.0, 6.0, 6.0]],
+        "dtype": "float32",
+        "shape": [2, 3],
+    }
     assert result["gradients"]["z"] == {"value": 12.0, "dtype": "float32", "shape": []}
 
 
@@ -72,7 +76,12 @@ def test_every_mode_over_http(stack: Stack, extra: dict[str, Any], key: str, wan
 
 
 def test_batch_jacobian_over_http(stack: Stack) -> None:
-    doc = {"tensors": {"x": [[1.0, 2.0], [3.0, 4.0]]}, "expression": "x * x", "sources": ["x"], "mode": "batch_jacobian"}
+    doc = {
+        "tensors": {"x": [[1.0, 2.0], [3.0, 4.0]]},
+        "expression": "x * x",
+        "sources": ["x"],
+        "mode": "batch_jacobian",
+    }
     r = stack.post(doc)
     assert r.status_code == 200, r.text
     assert r.json()["result"]["jacobians"]["x"]["value"] == [[[2.0, 0.0], [0.0, 4.0]], [[6.0, 0.0], [0.0, 8.0]]]
@@ -118,7 +127,9 @@ def test_cancel_a_running_job_then_the_next_request_works(stack: Stack) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert status == "canceled"
-    assert stack.post(EXAMPLE_3).json()["result"]["gradients"]["x"]["value"] == 6.0
+    # The worker replaces the killed TensorFlow process (a few seconds) before the next job.
+    after = stack.post(EXAMPLE_3, headers={"Prefer": "wait=60"})
+    assert after.status_code == 200 and after.json()["result"]["gradients"]["x"]["value"] == 6.0
 
 
 @pytest.mark.parametrize(
