@@ -46,6 +46,7 @@ FIELDS = frozenset(
     }
 )
 OP_FIELDS = frozenset({"id", "op", "inputs", "attrs"})
+SCALAR = TensorInfo((), "float32")
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,8 @@ def _inputs(raw: Any, spec: OpSpec, at: Any, add: Any) -> list[Input] | None:
         elif isinstance(item, bool) or item is None or isinstance(item, dict):
             add(at("inputs", k), "must be a name, an 'id:k' reference, or a number or nested list of numbers")
             ok = False
+        elif type(item) is float or type(item) is int:
+            out.append(Literal(item, SCALAR))  # the common case: a plain number
         else:
             # Literal shapes and elements are checked like tensors; dtype is fixed in _infer.
             errs = ErrorCollector()
@@ -398,12 +401,12 @@ def _infer(
         ins: list[TensorInfo] = []
         ok = True
         for k, item in enumerate(node.inputs):
-            where = node.path if node.position is not None else node.path + pointer("inputs", k)
             if isinstance(item, Literal):
                 ins.append(item.info)
                 continue
             info = infos.get(item)
             if info is None:
+                where = node.path if node.position is not None else node.path + pointer("inputs", k)
                 if Ref(item.name) in infos or item.name in known_ids:
                     n_out = sum(1 for r in infos if r.name == item.name)
                     if n_out:
