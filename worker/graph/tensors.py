@@ -180,6 +180,9 @@ def _check_elements(value: Any, shape: tuple[int, ...], path: str, dtype: str, e
         return
     stack: list[tuple[Any, int, str]] = [(value, 0, path)]
     last = len(shape) - 1
+    fast_types = _FAST_TYPES.get(dtype, frozenset({int}))
+    int_range = dtype in INT_RANGES
+    lo, hi = INT_RANGES.get(dtype, (0, 0))
     while stack:
         v, depth, p = stack.pop()
         if not isinstance(v, list) or len(v) != shape[depth]:
@@ -188,6 +191,9 @@ def _check_elements(value: Any, shape: tuple[int, ...], path: str, dtype: str, e
             errors.add(p, message)
             return
         if depth == last:
+            # set(map(type, row)) runs in C: half the time of a per-element Python check.
+            if set(map(type, v)) <= fast_types and (not int_range or not v or (min(v) >= lo and max(v) <= hi)):
+                continue
             if not all(map(ok, v)):
                 for i, e in enumerate(v):
                     if not ok(e):
@@ -195,6 +201,10 @@ def _check_elements(value: Any, shape: tuple[int, ...], path: str, dtype: str, e
                         return
         else:
             stack.extend((child, depth + 1, f"{p}/{i}") for i, child in enumerate(v))
+
+
+# Element types that need no further look, by dtype (ints are range-checked as a row).
+_FAST_TYPES = {**{d: frozenset({float, int}) for d in FLOAT_DTYPES}, "bool": frozenset({bool})}
 
 
 def _element_check(dtype: str) -> Any:
