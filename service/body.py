@@ -55,5 +55,5 @@ def _describe(exc: orjson.JSONDecodeError) -> str:
     if "depth limit" in exc.msg or "recursion limit" in exc.msg:
         return f"it is nested too deeply (at most 1024 levels; {exc.msg})"
     if "infinity" in exc.msg:
-        return f"a number is out of the range of a double ({exc.msg}): use \"Infinity\" for infinity"
+        return f'a number is out of the range of a double ({exc.msg}): use "Infinity" for infinity'
     return f"{exc.msg} at line {exc.lineno} column {exc.colno}"

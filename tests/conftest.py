@@ -165,10 +165,20 @@ class Stack:
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(f"{self.base}{path}", timeout=60, **kwargs)
 
-    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "worker", "--pool", "cpu", *args], cwd=ROOT, env=self.env, start_new_session=True
-        )
+    def start_worker(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start `python -m worker` in its own session; its stderr goes to `log` if given."""
+        sink = open(log, "ab") if log else None  # the child keeps its own copy
+        try:
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "worker", "--pool", "cpu", *args],
+                cwd=ROOT,
+                env=self.env,
+                start_new_session=True,
+                stderr=sink,
+            )
+        finally:
+            if sink is not None:
+                sink.close()
         self.workers.append(proc)
         return proc
 

@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 from rq import get_current_job
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
-from worker.graph.errors import FieldError, GraphError, TapeserveError
+from worker.graph.errors import FieldError, GraphError, TapeserveError, TimeLimitExceeded
 from worker.graph.limits import DEFAULT_LIMITS
 from worker.protocol import PROBLEM_META, REQUEST_ID_META
 from worker.runner import InProcessRunner, Runner
@@ -47,9 +49,15 @@ def run_graph(doc: Any) -> dict[str, Any]:
         return current_runner().run(doc)
     except TapeserveError as exc:
         outcome = exc.kind
-        if job is not None:
-            job.meta[PROBLEM_META] = exc.problem()
-            job.save_meta()
+        _keep_problem(job, exc)
+        raise
+    except JobTimeoutException:
+        # RQ's own job timeout, a backstop that fires only when the worker's time limit is set
+        # at or above the API's job timeout: still a time-out to the client, not a lost worker.
+        timeout = job.timeout if job is not None else "?"
+        timed_out = TimeLimitExceeded(FieldError("", f"the job ran past its queue timeout of {timeout} s"))
+        outcome = timed_out.kind
+        _keep_problem(job, timed_out)
         raise
     finally:
         ms = (time.perf_counter() - started) * 1000
@@ -63,6 +71,13 @@ def run_graph(doc: Any) -> dict[str, Any]:
             current_runner().device,
             outcome,
         )
+
+
+def _keep_problem(job: Job | None, exc: TapeserveError) -> None:
+    """Keep the problem in the job's meta, where the API reads it."""
+    if job is not None:
+        job.meta[PROBLEM_META] = exc.problem()
+        job.save_meta()
 
 
 def run_batch(items: Any) -> dict[str, Any]:

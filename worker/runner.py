@@ -4,15 +4,21 @@
 TensorFlow process with spawn (never fork: TF and CUDA are not fork-safe), hands it one
 document at a time over a pipe, and enforces the time limit from outside, so that a graph
 that hangs inside one long kernel, aborts or segfaults costs only its own job.
+
+A crash, a time-out or a stop fails the job at once: the replacement process is spawned
+before the error is raised and warms up while RQ records the failure; the worker waits for
+it (`ensure_warm`) before it takes the next job, so that job runs on a warm TensorFlow.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
@@ -23,6 +29,8 @@ from worker.graph.limits import Limits
 log = logging.getLogger("tapeserve.worker")
 
 READY_TIMEOUT_S = 180.0  # importing TF and warming up takes ~5 s; a loaded host, far more
+WAIT_SLICE_S = 2.0  # while waiting on TF, call `on_wait` this often (the worker heartbeats there)
+REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone within milliseconds unless the host is stuck
 
 
 class StartupError(RuntimeError):
@@ -38,7 +46,11 @@ class Runner(Protocol):
 
 
 class TensorFlowProcess:
-    """A pre-warmed TensorFlow process, restarted after a crash, a time-out or a stop."""
+    """A pre-warmed TensorFlow process, replaced after a crash, a time-out or a stop.
+
+    Spawn it from the main thread: the process asks the kernel to kill it when the thread that
+    spawned it exits (PR_SET_PDEATHSIG), so that it never outlives a worker killed with SIGKILL.
+    """
 
     def __init__(self, limits: Limits, *, require_gpu: bool = False, device: str | None = None):
         self.limits = limits
@@ -46,67 +58,90 @@ class TensorFlowProcess:
         self.requested_device = device
         self.device = ""
         self.restarts = 0
+        # Called every WAIT_SLICE_S while a job runs or TF warms up; it must not raise.
+        self.on_wait: Callable[[], None] | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: SpawnProcess | None = None
         self._conn: Connection | None = None
-        self._lock = threading.Lock()
+        self._ready = False
+        self._spawned_at = 0.0
+        self._lock = threading.Lock()  # `kill` comes from RQ's pubsub thread
         self._stop_requested = False
 
     def start(self) -> None:
         """Start the process and wait until it has TensorFlow loaded and warm."""
-        parent, child = self._ctx.Pipe()
-        from worker.tfprocess import serve  # imports no TensorFlow at module level
+        self._spawn()
+        self.ensure_warm()
 
-        proc = self._ctx.Process(
-            target=serve,
-            args=(child, self.requested_device, self.limits, self.require_gpu),
-            name="tapeserve-tensorflow",
-            daemon=True,
-        )
-        proc.start()
-        child.close()
-        if not parent.poll(READY_TIMEOUT_S):
-            proc.kill()
-            raise StartupError(f"TensorFlow did not get ready within {READY_TIMEOUT_S:.0f} s")
+    @property
+    def warm(self) -> bool:
+        """Whether the process is alive and has said it is ready."""
+        return self._ready and self._proc is not None and self._proc.is_alive()
+
+    def ensure_warm(self) -> None:
+        """Return once a live process has TensorFlow warm, replacing a dead one first."""
+        if self._proc is None:
+            self._replace("it was not running")
+        elif self._ready and not self._proc.is_alive():
+            self._replace(f"it had exited: {_exit_text(self._proc.exitcode)}")
+        if self._ready:
+            return
+        assert self._conn is not None and self._proc is not None
+        proc, conn = self._proc, self._conn
+        deadline = self._spawned_at + READY_TIMEOUT_S
+        while not conn.poll(max(0.0, min(WAIT_SLICE_S, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self._discard()
+                raise StartupError(f"TensorFlow did not get ready within {READY_TIMEOUT_S:.0f} s")
+            self._waiting()
         try:
-            kind, detail = parent.recv()
-        except EOFError:
-            raise StartupError(f"the TensorFlow process exited while starting ({proc.exitcode})") from None
+            kind, detail = conn.recv()
+        except (EOFError, OSError):
+            proc.join(REAP_TIMEOUT_S)
+            code = proc.exitcode
+            self._discard()
+            raise StartupError(f"the TensorFlow process exited while starting ({_exit_text(code)})") from None
         if kind != "ready":
-            proc.join(5)
+            self._discard()
             raise StartupError(detail)
         self.device = detail
-        self._proc, self._conn = proc, parent
+        self._ready = True
         log.info("TensorFlow process %s ready on %s", proc.pid, self.device)
 
     def run(self, doc: Any) -> dict[str, Any]:
         """Run one document; raise the job's problem, a time-out, a crash or a stop."""
-        if self._proc is None or not self._proc.is_alive():
-            self._restart("it was not running")
+        self.ensure_warm()
         assert self._conn is not None and self._proc is not None
+        conn = self._conn
         self._stop_requested = False
         limit = self.limits.time_limit_s
         started = time.monotonic()
+        payload: Any = None
         try:
-            self._conn.send(doc)
-            ready = self._conn.poll(limit)
-            if ready:
-                kind, payload = self._conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            ready, kind, payload = True, "died", None
-        if not ready:
-            self._restart("time limit")
+            conn.send(doc)
+            done = self._wait_for_answer(conn, started + limit)
+            kind, payload = conn.recv() if done else ("", payload)
+        except (EOFError, OSError):
+            done, kind, payload = True, "died", None
+        except BaseException:
+            # RQ's own time-out (SIGALRM) or a cold shutdown interrupted the wait: the process
+            # is still busy with this document and cannot take the next one. The next `run`
+            # (if there is one) starts another.
+            self._discard()
+            raise
+        if not done:
+            self._replace("time limit")
             elapsed = time.monotonic() - started
             raise TimeLimitExceeded(
                 FieldError("", f"the graph ran {elapsed:.1f} s, past the limit time_limit_s = {limit:g}")
             )
         if kind == "died":
-            if self._stop_requested:
-                self._restart("stopped on request")
-                raise JobStopped(FieldError("", "the job was canceled while it ran"))
-            self._proc.join(1)
+            self._proc.join(REAP_TIMEOUT_S)
             code = self._proc.exitcode
-            self._restart("crash")
+            if self._stop_requested:
+                self._replace("stopped on request")
+                raise JobStopped(FieldError("", "the job was canceled while it ran"))
+            self._replace(f"it crashed: {_exit_text(code)}")
             raise WorkerCrashed(
                 FieldError("", f"the TensorFlow process died while running this graph ({_exit_text(code)})"),
                 detail=f"the worker crashed while running this graph ({_exit_text(code)})",
@@ -116,10 +151,11 @@ class TensorFlowProcess:
         return dict(payload)
 
     def kill(self) -> None:
-        """Stop the running job now (a stop request): kill the process; `run` restarts it."""
-        self._stop_requested = True
-        if self._proc is not None and self._proc.is_alive():
-            self._proc.kill()
+        """Stop the running job now (a stop request): kill the process; `run` replaces it."""
+        with self._lock:
+            self._stop_requested = True
+            if self._proc is not None and self._proc.is_alive():
+                self._proc.kill()
 
     def close(self) -> None:
         """Ask the process to exit, and kill it if it does not."""
@@ -129,27 +165,61 @@ class TensorFlowProcess:
             except (OSError, BrokenPipeError):
                 pass
         if self._proc is not None:
-            self._proc.join(5)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join()
-        self._proc = self._conn = None
+            self._proc.join(REAP_TIMEOUT_S)
+        self._discard()
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _restart(self, why: str) -> None:
-        if self._proc is not None:
-            if self._proc.is_alive():
-                self._proc.kill()
-            self._proc.join()
-        if self._conn is not None:
-            self._conn.close()
-        self._proc = self._conn = None
+    def _wait_for_answer(self, conn: Connection, deadline: float) -> bool:
+        """Wait until the process answers (or dies): True; or until `deadline`: False."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if conn.poll(min(left, WAIT_SLICE_S)):
+                return True
+            self._waiting()
+
+    def _waiting(self) -> None:
+        if self.on_wait is not None:
+            self.on_wait()
+
+    def _spawn(self) -> None:
+        """Start a TensorFlow process without waiting for it: it warms up meanwhile."""
+        from worker.tfprocess import serve  # imports no TensorFlow at module level
+
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=serve,
+            args=(child, self.requested_device, self.limits, self.require_gpu, os.getpid()),
+            name="tapeserve-tensorflow",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        self._proc, self._conn, self._ready = proc, parent, False
+        self._spawned_at = time.monotonic()
+
+    def _discard(self) -> None:
+        """Kill the process (if alive) and forget it."""
+        with self._lock:
+            if self._proc is not None:
+                if self._proc.is_alive():
+                    self._proc.kill()
+                self._proc.join(REAP_TIMEOUT_S)
+            if self._conn is not None:
+                self._conn.close()
+            self._proc = self._conn = None
+            self._ready = False
+
+    def _replace(self, why: str) -> None:
+        """Kill the process and spawn its replacement, without waiting for it to warm up."""
+        self._discard()
         self.restarts += 1
         log.warning("restarting the TensorFlow process (%s)", why)
-        self.start()
+        self._spawn()
 
 
 def _exit_text(code: int | None) -> str:

@@ -6,9 +6,11 @@ at any moment, for a time-out or a stop request, and start another without losin
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -34,9 +36,30 @@ WARMUP_DOCS = [
 ]
 
 
-def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: bool) -> None:
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies, even mid-kernel.
+
+    Without it, a worker killed with SIGKILL would leave this process computing its graph to
+    the end (it notices the closed pipe only when it answers). Linux only; elsewhere the
+    process exits at its next read or write on the pipe.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: bool, parent_pid: int) -> None:
     """Run jobs from `conn` until it closes: each message a document, each answer a tuple."""
-    # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
+    die_with_parent(parent_pid)
+    # Ctrl-C in a terminal signals the whole process group, and so may a supervisor's SIGTERM:
+    # the parent decides when we stop (it finishes the running job first, then closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,7 +77,7 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
     while True:
         try:
             doc = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return  # the parent is gone
         if doc is None:
             return
@@ -65,4 +88,7 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
         except Exception as exc:  # a bug in the engine: report it as one, across the pipe
             log.exception("engine bug")
             answer = ("error", InternalError([], detail=f"internal error: {type(exc).__name__}").problem())
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except OSError:
+            return  # the parent is gone
