@@ -11,8 +11,8 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 from worker.graph.errors import FieldError, LimitExceeded, pointer
 
 
-def read_json(request: Request, max_bytes: int, max_depth: int) -> Any:
-    """Return the parsed JSON body, or raise the HTTP error that says what is wrong with it."""
+def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, bytes]:
+    """Return the parsed JSON body and its bytes, or raise the HTTP error that says what is wrong."""
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'}")
     if request.content_length is not None and request.content_length > max_bytes:
@@ -28,7 +28,7 @@ def read_json(request: Request, max_bytes: int, max_depth: int) -> Any:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {_describe(exc)}") from None
     check_depth(doc, max_depth)
-    return doc
+    return doc, data
 
 
 def check_depth(doc: Any, limit: int) -> None:

@@ -16,9 +16,10 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.worker_registration import clean_worker_registry
 
-from worker.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, queue_name
+from worker.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 
 SUCCESSFUL = str(Result.Type.SUCCESSFUL.value).encode()
+PAYLOAD_MARGIN_S = 60  # a stored request outlives its job's queue TTL and time limit by this
 
 # RQ's statuses, as the contract names them.
 STATUS = {
@@ -86,18 +87,28 @@ class JobQueue:
         counts = self.workers()
         return sum(counts.values()) > 0 if device == "any" else counts.get(device, 0) > 0
 
-    def enqueue(self, function: str, payload: Any, *, device: str, meta: dict[str, Any]) -> Job:
-        """Queue a job for a device pool under an unguessable id (a random UUID)."""
-        return self.queues[device].enqueue(
-            function,
-            payload,
-            job_id=str(uuid.uuid4()),
-            result_ttl=self.result_ttl,
-            failure_ttl=self.failure_ttl,
-            ttl=self.queued_ttl,
-            job_timeout=self.job_timeout,
-            meta=meta,
-        )
+    def enqueue(self, function: str, payload: bytes, *, device: str, meta: dict[str, Any]) -> Job:
+        """Store the request and queue its job, under an unguessable id, in one round trip."""
+        job_id = str(uuid.uuid4())
+        key = payload_key(job_id)
+        with self.connection.pipeline() as pipe:
+            pipe.multi()  # RQ adds its commands to this transaction
+            # The request outlives the job's time in the queue and its run, then expires.
+            pipe.set(key, payload, ex=self.queued_ttl + int(self.job_timeout) + PAYLOAD_MARGIN_S)
+            job = self.queues[device].enqueue_call(
+                function,
+                args=(key,),
+                job_id=job_id,
+                description=function.rsplit(".", 1)[-1],  # RQ's default is repr(args)
+                result_ttl=self.result_ttl,
+                failure_ttl=self.failure_ttl,
+                ttl=self.queued_ttl,
+                timeout=int(self.job_timeout),
+                meta=meta,
+                pipeline=pipe,
+            )
+            pipe.execute()
+        return job
 
     def fetch(self, job_id: str) -> Job | None:
         try:
@@ -155,5 +166,6 @@ class JobQueue:
                 pass  # it finished in the meantime
         elif status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             job.cancel()
+            self.connection.unlink(payload_key(job.id))
         else:
             job.delete()

@@ -36,7 +36,7 @@ from tests.test_engine import EXAMPLE_1
 from worker import jobs
 from worker.cli import LOST_JOB_BOUND_S, WORKER_TTL_S
 from worker.graph.limits import Limits
-from worker.protocol import JOB_FUNCTION, PROBLEM_META, OrjsonSerializer, queue_name
+from worker.protocol import JOB_FUNCTION, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 from worker.runner import TensorFlowProcess
 
 pytestmark = pytest.mark.e2e
@@ -453,7 +453,8 @@ def test_rqs_own_job_timeout_is_a_time_limit_problem_and_the_busy_tf_process_is_
     jobs.install_runner(runner)
     try:
         queue = Queue(queue_name("cpu"), connection=redis, serializer=OrjsonSerializer)
-        job = queue.enqueue(JOB_FUNCTION, SLOW_GRAPH, job_timeout=1)
+        redis.set(payload_key("rq-timeout"), orjson.dumps(SLOW_GRAPH))
+        job = queue.enqueue(JOB_FUNCTION, payload_key("rq-timeout"), job_id="rq-timeout", job_timeout=1)
         SimpleWorker([queue], connection=redis, serializer=OrjsonSerializer).work(burst=True, logging_level="WARNING")
         job.refresh()
         assert job.get_status() == JobStatus.FAILED

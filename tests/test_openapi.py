@@ -131,7 +131,7 @@ class FailingRunner:
     error: Exception
     device: str = "stub"
 
-    def run(self, doc: Any) -> dict[str, Any]:
+    def run(self, kind: str, payload: Any, check_values: bool = True) -> tuple[bytes, dict[str, Any]]:
         raise self.error
 
 

@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from worker import jobs
+from worker import jobs, metrics
 from worker.graph.limits import Limits
 from worker.logs import configure_logging
 from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
@@ -216,6 +216,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="worker processes to run, each with its own TensorFlow process",
     )
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("TAPESERVE_METRICS_PORT", "0")),
+        help="serve Prometheus metrics on this port (0: off); with --processes N, ports N in a row",
+    )
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--healthcheck", action="store_true", help="exit 0 if a worker of this host is alive")
     return parser.parse_args(argv)
@@ -249,6 +255,7 @@ def work(args: argparse.Namespace) -> int:
         return 2
     log.info("TensorFlow warm in %.1f s", time.monotonic() - started)
     jobs.install_runner(runner)
+    metrics.serve(args.metrics_port)
     connection = connect_from_env(
         args.redis_url,
         health_check_interval=10,
@@ -297,7 +304,12 @@ def supervise(args: argparse.Namespace) -> int:
     ]
     if args.burst:
         command.append("--burst")
-    children = [subprocess.Popen(command) for _ in range(args.processes)]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        port = [] if not args.metrics_port else ["--metrics-port", str(args.metrics_port + i)]
+        return subprocess.Popen([*command, *port])
+
+    children = [start(i) for i in range(args.processes)]
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -323,7 +335,7 @@ def supervise(args: argparse.Namespace) -> int:
                     return 2
                 log.warning("worker process %s exited with %s; starting another", child.pid, code)
                 time.sleep(RESTART_BACKOFF_S)
-                children[i] = subprocess.Popen(command)
+                children[i] = start(i)
 
 
 def healthcheck(redis_url: str) -> int:

@@ -12,11 +12,13 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from worker.graph.errors import FieldError, GraphError, TapeserveError, TimeLimitExceeded
+from worker import metrics
+from worker.graph.errors import FieldError, GraphError, InternalError, TapeserveError, TimeLimitExceeded
 from worker.graph.limits import DEFAULT_LIMITS
 from worker.protocol import PROBLEM_META, REQUEST_ID_META
 from worker.runner import InProcessRunner, Runner
@@ -40,15 +42,30 @@ def current_runner() -> Runner:
     return _runner
 
 
-def run_graph(doc: Any) -> dict[str, Any]:
-    """Run one request document and return its result document."""
+def run_graph(payload_key: str) -> orjson.Fragment:
+    """Run the request document stored under `payload_key`; return its result as JSON."""
+    return _run("graph", payload_key)
+
+
+def run_batch(payload_key: str) -> orjson.Fragment:
+    """Run the batch stored under `payload_key`: a result or a problem for each graph, in order."""
+    return _run("batch", payload_key)
+
+
+def _run(kind: str, payload_key: str) -> orjson.Fragment:
     job = get_current_job()
+    runner = current_runner()
     started = time.perf_counter()
     outcome = "ok"
+    info: dict[str, Any] = {}
     try:
-        return current_runner().run(doc)
+        payload = _take_payload(job, payload_key)
+        out, info = runner.run(kind, payload, check_values=False)  # the API checked every value
+        # A Fragment is written into RQ's result as it is: the API splices it into its answer.
+        return orjson.Fragment(out)
     except TapeserveError as exc:
         outcome = exc.kind
+        info = info or getattr(runner, "last_info", {})
         _keep_problem(job, exc)
         raise
     except JobTimeoutException:
@@ -60,17 +77,32 @@ def run_graph(doc: Any) -> dict[str, Any]:
         _keep_problem(job, timed_out)
         raise
     finally:
-        ms = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
+        mode = str(info.get("mode", kind))
+        metrics.record_job(mode, outcome, seconds, info)
         log.info(
             "job %s request=%s mode=%s ops=%s ms=%.1f device=%s outcome=%s",
             job.id if job else "-",
             job.meta.get(REQUEST_ID_META, "-") if job else "-",
-            doc.get("mode", "gradient") if isinstance(doc, dict) else "?",
-            len(doc.get("ops", [])) if isinstance(doc, dict) and isinstance(doc.get("ops"), list) else "expr",
-            ms,
-            current_runner().device,
+            mode,
+            info.get("ops", "?"),
+            seconds * 1000,
+            runner.device,
             outcome,
         )
+
+
+def _take_payload(job: Job | None, key: str) -> bytes:
+    """Read the stored request and delete it, in one round trip (a job runs once)."""
+    if job is None:
+        raise InternalError([], detail="internal error: no current job")
+    with job.connection.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.unlink(key)
+        payload, _ = pipe.execute()
+    if payload is None:
+        raise GraphError(FieldError("", "the request expired before a worker could take it; send it again"))
+    return bytes(payload)
 
 
 def _keep_problem(job: Job | None, exc: TapeserveError) -> None:
@@ -78,23 +110,3 @@ def _keep_problem(job: Job | None, exc: TapeserveError) -> None:
     if job is not None:
         job.meta[PROBLEM_META] = exc.problem()
         job.save_meta()
-
-
-def run_batch(items: Any) -> dict[str, Any]:
-    """Run many graphs as one job: a result or a problem for each, in order.
-
-    Each item is `{"graph": doc}`, or `{"problem": ...}` for a graph the API already refused.
-    """
-    if not isinstance(items, list):
-        raise GraphError(FieldError("/graphs", "must be a list of request documents"))
-    runner = current_runner()
-    results: list[dict[str, Any]] = []
-    for item in items:
-        if "problem" in item:
-            results.append({"status": "failed", "error": item["problem"]})
-            continue
-        try:
-            results.append({"status": "finished", "result": runner.run(item["graph"])})
-        except TapeserveError as exc:
-            results.append({"status": "failed", "error": exc.problem()})
-    return {"results": results}

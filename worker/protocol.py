@@ -25,6 +25,12 @@ OWNER_META = "owner"
 REQUEST_ID_META = "request_id"
 
 
+def payload_key(job_id: str) -> str:
+    """Where a job's request document waits for its worker (kept out of RQ's job hash, which
+    RQ compresses and reads on every status check)."""
+    return f"{QUEUE_PREFIX}:payload:{job_id}"
+
+
 def queue_name(device: str) -> str:
     """Return the Redis queue name of a device pool (or of `any`)."""
     return f"{QUEUE_PREFIX}:{device}"

@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
 
+from worker import metrics
 from worker.graph.errors import FieldError, JobStopped, RemoteProblem, TimeLimitExceeded, WorkerCrashed
 from worker.graph.limits import Limits
 
@@ -38,11 +39,11 @@ class StartupError(RuntimeError):
 
 
 class Runner(Protocol):
-    """Something that turns a request document into a result document."""
+    """Something that runs a task ("graph" or "batch") and returns its result JSON and log facts."""
 
     device: str
 
-    def run(self, doc: Any) -> dict[str, Any]: ...
+    def run(self, kind: str, payload: Any, check_values: bool = True) -> tuple[bytes, dict[str, Any]]: ...
 
 
 class TensorFlowProcess:
@@ -58,6 +59,7 @@ class TensorFlowProcess:
         self.requested_device = device
         self.device = ""
         self.restarts = 0
+        self.last_info: dict[str, Any] = {}  # what the TF process said about the last task
         # Called every WAIT_SLICE_S while a job runs or TF warms up; it must not raise.
         self.on_wait: Callable[[], None] | None = None
         self._ctx = multiprocessing.get_context("spawn")
@@ -108,21 +110,25 @@ class TensorFlowProcess:
         self._ready = True
         log.info("TensorFlow process %s ready on %s", proc.pid, self.device)
 
-    def run(self, doc: Any) -> dict[str, Any]:
-        """Run one document; raise the job's problem, a time-out, a crash or a stop."""
+    def run(self, kind: str, payload: Any, check_values: bool = True) -> tuple[bytes, dict[str, Any]]:
+        """Run one task (JSON text or parsed); raise the job's problem, a time-out, a crash or a stop.
+
+        Returns the result as JSON text and what the log line says about the task.
+        """
         self.ensure_warm()
         assert self._conn is not None and self._proc is not None
         conn = self._conn
         self._stop_requested = False
         limit = self.limits.time_limit_s
         started = time.monotonic()
-        payload: Any = None
+        out: Any = None
+        info: dict[str, Any] = {}
         try:
-            conn.send(doc)
+            conn.send((kind, payload, check_values))
             done = self._wait_for_answer(conn, started + limit)
-            kind, payload = conn.recv() if done else ("", payload)
+            answer, out, info = conn.recv() if done else ("", None, {})
         except (EOFError, OSError):
-            done, kind, payload = True, "died", None
+            done, answer, out, info = True, "died", None, {}
         except BaseException:
             # RQ's own time-out (SIGALRM) or a cold shutdown interrupted the wait: the process
             # is still busy with this document and cannot take the next one. The next `run`
@@ -135,7 +141,8 @@ class TensorFlowProcess:
             raise TimeLimitExceeded(
                 FieldError("", f"the graph ran {elapsed:.1f} s, past the limit time_limit_s = {limit:g}")
             )
-        if kind == "died":
+        self.last_info = info
+        if answer == "died":
             self._proc.join(REAP_TIMEOUT_S)
             code = self._proc.exitcode
             if self._stop_requested:
@@ -146,9 +153,9 @@ class TensorFlowProcess:
                 FieldError("", f"the TensorFlow process died while running this graph ({_exit_text(code)})"),
                 detail=f"the worker crashed while running this graph ({_exit_text(code)})",
             )
-        if kind == "error":
-            raise RemoteProblem(payload)
-        return dict(payload)
+        if answer == "error":
+            raise RemoteProblem(out)
+        return out, info
 
     def kill(self) -> None:
         """Stop the running job now (a stop request): kill the process; `run` replaces it."""
@@ -218,6 +225,7 @@ class TensorFlowProcess:
         """Kill the process and spawn its replacement, without waiting for it to warm up."""
         self._discard()
         self.restarts += 1
+        metrics.TF_RESTARTS.labels(why.split(":")[0]).inc()
         log.warning("restarting the TensorFlow process (%s)", why)
         self._spawn()
 
@@ -237,11 +245,14 @@ class InProcessRunner:
     """Run documents in this process: for tests and the benchmark, not for strangers' graphs."""
 
     def __init__(self, limits: Limits, device: str | None = None):
-        from worker.engine import run_document
-
-        self._run = run_document
         self.limits = limits
         self.device = device or "/CPU:0"
 
-    def run(self, doc: Any) -> dict[str, Any]:
-        return self._run(doc, limits=self.limits, device=self.device)
+    def run(self, kind: str, payload: Any, check_values: bool = True) -> tuple[bytes, dict[str, Any]]:
+        import orjson
+
+        from worker.engine import describe, run_task
+
+        doc = orjson.loads(payload) if isinstance(payload, bytes | str) else payload
+        info = describe(doc)
+        return run_task(kind, doc, limits=self.limits, device=self.device, check_values=check_values), info

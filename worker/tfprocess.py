@@ -32,7 +32,8 @@ WARMUP_DOCS = [
         "sources": ["x", "w"],
         "mode": mode,
     }
-    for mode in ("gradient", "jacobian", "hessian")
+    # gradient twice: its second sighting traces it, warming tf.function's machinery too.
+    for mode in ("gradient", "gradient", "jacobian", "hessian")
 ]
 
 
@@ -63,9 +64,10 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import orjson
     import tensorflow as tf
 
-    from worker.engine import run_document
+    from worker.engine import cache_stats, describe, run_document, run_task
 
     if require_gpu and not tf.config.list_physical_devices("GPU"):
         conn.send(("fatal", "this worker serves the gpu pool but TensorFlow sees no GPU"))
@@ -76,18 +78,27 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
     conn.send(("ready", tf_device))
     while True:
         try:
-            doc = conn.recv()
+            task = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        if doc is None:
+        if task is None:
             return
+        kind, payload, check_values = task
+        info: dict[str, Any] = {"mode": "?", "ops": "?"}
         try:
-            answer: tuple[str, Any] = ("ok", run_document(doc, limits=limits, device=tf_device))
+            doc = orjson.loads(payload) if isinstance(payload, bytes | str) else payload
+            info = describe(doc)
+            out = run_task(kind, doc, limits=limits, device=tf_device, check_values=check_values)
+            answer: tuple[str, Any, dict[str, Any]] = ("ok", out, info)
+        except orjson.JSONDecodeError:
+            not_json = InternalError([], detail="internal error: the stored request is not JSON")
+            answer = ("error", not_json.problem(), info)
         except TapeserveError as exc:
-            answer = ("error", exc.problem())
+            answer = ("error", exc.problem(), info)
         except Exception as exc:  # a bug in the engine: report it as one, across the pipe
             log.exception("engine bug")
-            answer = ("error", InternalError([], detail=f"internal error: {type(exc).__name__}").problem())
+            answer = ("error", InternalError([], detail=f"internal error: {type(exc).__name__}").problem(), info)
+        info["cache"] = cache_stats()
         try:
             conn.send(answer)
         except OSError:

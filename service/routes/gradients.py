@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 
 from worker.graph.errors import FieldError, LimitExceeded, TapeserveError
@@ -24,17 +25,17 @@ bp = Blueprint("gradients", __name__)
 def post_gradients() -> Response:
     """Check a graph, queue it, and answer with its result or a job to poll."""
     svc = services()
-    doc = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
+    doc, body = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
     check_envelope(GRADIENT_SCHEMA, doc)
     parsed = parse_request(doc, svc.registry, svc.limits)
-    return submit(JOB_FUNCTION, doc, parsed.device)
+    return submit(JOB_FUNCTION, body, parsed.device)
 
 
 @bp.post("/v1/batches")
 def post_batch() -> Response:
     """Check many graphs and run them as one job; answer with a result or problem for each."""
     svc = services()
-    doc = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
+    doc, _ = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
     check_envelope(BATCH_SCHEMA, doc)
     graphs = doc["graphs"]
     if len(graphs) > svc.limits.max_batch_graphs:
@@ -53,10 +54,10 @@ def post_batch() -> Response:
             items.append({"graph": graph})
         except TapeserveError as exc:
             items.append({"problem": exc.problem()})
-    return submit(BATCH_FUNCTION, items, doc.get("device", "any"))
+    return submit(BATCH_FUNCTION, orjson.dumps(items), doc.get("device", "any"))
 
 
-def submit(function: str, payload: Any, device: str) -> Response:
+def submit(function: str, payload: bytes, device: str) -> Response:
     """Enqueue a job and wait as the client prefers: 200 with the outcome, or 202."""
     svc = services()
     if not svc.jobs.has_worker(device):

@@ -6,11 +6,13 @@ from typing import Any
 
 import orjson
 
+from worker.graph.errors import TapeserveError
 from worker.graph.limits import DEFAULT_LIMITS, Limits
 from worker.graph.ops import REGISTRY
 from worker.graph.registry import Registry
 from worker.graph.request import parse_request
 
+from .cache import FUNCTIONS
 from .codec import dumps
 from .execute import run_request
 
@@ -33,6 +35,61 @@ def run_json(
     return dumps(run_request(request, device=device))
 
 
+def run_batch_json(
+    raw: bytes | str | list[Any],
+    *,
+    registry: Registry = REGISTRY,
+    limits: Limits = DEFAULT_LIMITS,
+    device: str | None = None,
+    check_values: bool = True,
+) -> bytes:
+    """Run a batch: items `{"graph": doc}` or `{"problem": ...}` (refused by the API) -> `{"results": [...]}`.
+
+    Each graph's failure is its own item's problem; the batch goes on. Results are spliced
+    in as the JSON each graph produced, never parsed again.
+    """
+    items = orjson.loads(raw) if isinstance(raw, bytes | str) else raw
+    results: list[dict[str, Any]] = []
+    for item in items:
+        if "problem" in item:
+            results.append({"status": "failed", "error": item["problem"]})
+            continue
+        try:
+            out = run_json(item["graph"], registry=registry, limits=limits, device=device, check_values=check_values)
+            results.append({"status": "finished", "result": orjson.Fragment(out)})
+        except TapeserveError as exc:
+            results.append({"status": "failed", "error": exc.problem()})
+    return orjson.dumps({"results": results})
+
+
+def describe(doc: Any) -> dict[str, Any]:
+    """What the worker's one log line per job says about a document: its mode and op count."""
+    if not isinstance(doc, dict):
+        return {"mode": "batch", "ops": len(doc) if isinstance(doc, list) else 0}
+    ops = doc.get("ops")
+    return {"mode": doc.get("mode", "gradient"), "ops": len(ops) if isinstance(ops, list) else "expr"}
+
+
+def run_task(
+    kind: str,
+    payload: Any,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    device: str | None = None,
+    check_values: bool = True,
+) -> bytes:
+    """Run a worker's task: one graph ("graph") or a batch ("batch"), parsed; return the result JSON."""
+    if kind == "batch":
+        return run_batch_json(payload, limits=limits, device=device, check_values=check_values)
+    return run_json(payload, limits=limits, device=device, check_values=check_values)
+
+
+def cache_stats() -> dict[str, int]:
+    """The compiled-function cache's counts, for the worker's metrics."""
+    stats = FUNCTIONS.stats
+    return {"hits": stats.hits, "misses": stats.misses, "compiles": stats.compiles, "fallbacks": stats.fallbacks}
+
+
 def run_document(
     doc: Any,
     *,
@@ -45,4 +102,4 @@ def run_document(
     return result
 
 
-__all__ = ["run_document", "run_json", "run_request"]
+__all__ = ["cache_stats", "describe", "run_batch_json", "run_document", "run_json", "run_request", "run_task"]
