@@ -314,6 +314,18 @@ def _(env: Env) -> TestResponse:
     return env.client_of(MAX_BATCH_GRAPHS=1).post("/v1/batches", json={"graphs": [EXAMPLE_1, EXAMPLE_1]})
 
 
+@scenario("/v1/batches", "post", "409", "stopped-while-the-post-waited")
+def _(env: Env) -> TestResponse:
+    # A batch is one task in one TensorFlow process: stopping it cancels the whole batch.
+    from worker.graph.errors import FieldError, JobStopped
+
+    env.worker.register()
+    env.fail_jobs_with(JobStopped(FieldError("", "the job was canceled while it ran")))
+    response = env.run_while_waiting(lambda: send(env.client, "/v1/batches", "post", Prefer="wait=30"))
+    assert response.get_json()["job_id"] in response.headers["Location"]
+    return response
+
+
 @scenario("/v1/batches", "post", "503", "no-worker")
 def _(env: Env) -> TestResponse:
     return send(env.client, "/v1/batches", "post")
