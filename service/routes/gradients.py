@@ -8,7 +8,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 
 from worker.graph.errors import FieldError, LimitExceeded, TapeserveError
-from worker.graph.request import parse_request
+from worker.graph.parsecache import REQUESTS
 from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, OWNER_META, REQUEST_ID_META
 
 from ..body import read_json
@@ -27,7 +27,7 @@ def post_gradients() -> Response:
     svc = services()
     doc, body = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
     check_envelope(GRADIENT_SCHEMA, doc)
-    parsed = parse_request(doc, svc.registry, svc.limits)
+    parsed = REQUESTS.parse(doc, svc.registry, svc.limits)
     return submit(JOB_FUNCTION, body, parsed.device)
 
 
@@ -50,7 +50,7 @@ def post_batch() -> Response:
     for graph in graphs:
         try:
             check_envelope(GRADIENT_SCHEMA, graph)
-            parse_request(graph, svc.registry, svc.limits)
+            REQUESTS.parse(graph, svc.registry, svc.limits)
             items.append({"graph": graph})
         except TapeserveError as exc:
             items.append({"problem": exc.problem()})

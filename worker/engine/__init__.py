@@ -9,8 +9,8 @@ import orjson
 from worker.graph.errors import TapeserveError
 from worker.graph.limits import DEFAULT_LIMITS, Limits
 from worker.graph.ops import REGISTRY
+from worker.graph.parsecache import REQUESTS
 from worker.graph.registry import Registry
-from worker.graph.request import parse_request
 
 from .cache import FUNCTIONS
 from .codec import dumps
@@ -31,7 +31,7 @@ def run_json(
     the API has already checked; everything else is checked again.
     """
     doc = orjson.loads(raw) if isinstance(raw, bytes | str) else raw
-    request = parse_request(doc, registry, limits, check_values=check_values)
+    request = REQUESTS.parse(doc, registry, limits, check_values=check_values)
     return dumps(run_request(request, device=device))
 
 

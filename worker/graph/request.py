@@ -131,15 +131,19 @@ def parse_request(
     encoding = _choice(doc, "encoding", ENCODINGS, "json", errors)
     order = _order(doc, mode, limits, errors)
 
-    tensors = _tensors(doc.get("tensors"), errors, limits, check_values)
+    tensors = parse_tensors(doc.get("tensors"), errors, limits, check_values)
     op_docs, op_paths, positions, expr_target = _op_documents(doc, tensors, registry, limits, errors)
+    # Names declared but refused (a tensor with a bad value, an op with a bad attr) have their
+    # own errors; the ops and sources that use them are not "unknown names" too.
     declared_ids = {op["id"] for op in op_docs if isinstance(op, dict) and isinstance(op.get("id"), str)}
+    declared_tensors = set(doc["tensors"]) if isinstance(doc.get("tensors"), dict) else set()
+    declared_ids |= declared_tensors
     nodes = _nodes(op_docs, op_paths, positions, tensors, registry, errors)
     ordered = _topological_order(nodes, op_paths, errors)
     infos = _infer(ordered, tensors, declared_ids, limits, errors)
 
     targets, is_list = _targets(doc, expr_target, tensors, nodes, declared_ids, infos, errors)
-    sources = _sources(doc.get("sources"), tensors, nodes, limits, errors)
+    sources = _sources(doc.get("sources"), tensors, nodes, declared_tensors, limits, errors)
     request = GradientRequest(
         tensors=tensors,
         nodes=ordered,
@@ -153,7 +157,7 @@ def parse_request(
         encoding=encoding,
         infos=infos,
     )
-    _mode_fields(doc, request, limits, errors)
+    mode_fields(doc, request, limits, errors)
     errors.raise_if_any()
     return request
 
@@ -179,7 +183,7 @@ def _order(doc: Mapping[str, Any], mode: str, limits: Limits, errors: ErrorColle
     return order
 
 
-def _tensors(raw: Any, errors: ErrorCollector, limits: Limits, check_values: bool) -> dict[str, TensorSpec]:
+def parse_tensors(raw: Any, errors: ErrorCollector, limits: Limits, check_values: bool) -> dict[str, TensorSpec]:
     if raw is None:
         errors.add("/tensors", "is required: an object of name -> tensor")
         return {}
@@ -513,7 +517,12 @@ def _targets(
 
 
 def _sources(
-    raw: Any, tensors: Mapping[str, TensorSpec], nodes: list[Node], limits: Limits, errors: ErrorCollector
+    raw: Any,
+    tensors: Mapping[str, TensorSpec],
+    nodes: list[Node],
+    declared: set[str],
+    limits: Limits,
+    errors: ErrorCollector,
 ) -> list[str]:
     if not isinstance(raw, list) or not raw or not all(isinstance(s, str) for s in raw):
         errors.add("/sources", "must be a non-empty list of tensor names")
@@ -539,12 +548,14 @@ def _sources(
                 out.append(name)
         elif name in ids:
             errors.add(path, f"'{name}' is an op; sources must be input tensors (from 'tensors')")
+        elif name in declared:
+            pass  # a tensor refused for its own reasons, reported where it is defined
         else:
             errors.add(path, f"unknown tensor '{name}'")
     return out
 
 
-def _mode_fields(doc: Mapping[str, Any], req: GradientRequest, limits: Limits, errors: ErrorCollector) -> None:
+def mode_fields(doc: Mapping[str, Any], req: GradientRequest, limits: Limits, errors: ErrorCollector) -> None:
     """Check what each mode needs: output_gradients, tangents, one target, result sizes."""
     mode = req.mode
     if mode != "gradient" and "output_gradients" in doc:
