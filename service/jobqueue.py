@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -116,12 +117,29 @@ class JobQueue:
         except NoSuchJobError:
             return None
 
-    def wait(self, job_id: str, timeout_s: float) -> bool:
-        """Block on the job's result stream (XREAD) for up to `timeout_s`; say whether it ended."""
+    def wait(self, job_id: str, timeout_s: float) -> dict[bytes, bytes] | None:
+        """Block on the job's result stream (XREAD) for up to `timeout_s`; return its entry, if any."""
         if timeout_s <= 0:
-            return self.connection.exists(Result.get_key(job_id)) > 0
+            return None
         block_ms = max(1, int(timeout_s * 1000))
-        return bool(self.connection.xread({Result.get_key(job_id): "0-0"}, count=1, block=block_ms))
+        answer: Any = self.connection.xread({Result.get_key(job_id): "0-0"}, count=1, block=block_ms)
+        if not answer:
+            return None
+        entries = answer[0][1]
+        return dict(entries[-1][1]) if entries else None
+
+    def finished_document(self, job: Job, entry: dict[bytes, bytes]) -> dict[str, Any] | None:
+        """The document of a job that just succeeded, from its result entry alone (no more reads)."""
+        if entry.get(b"type") != SUCCESSFUL or b"return_value" not in entry:
+            return None
+        doc: dict[str, Any] = {"id": job.id, "status": "finished"}
+        if job.created_at is not None:
+            doc["created_at"] = iso(job.created_at)
+        for key, field in (("started_at", b"execution_started_at"), ("ended_at", b"execution_ended_at")):
+            if field in entry:
+                doc[key] = iso(datetime.fromtimestamp(float(entry[field]), UTC))
+        doc["result"] = orjson.Fragment(base64.b64decode(entry[b"return_value"]))
+        return doc
 
     def document(self, job: Job) -> dict[str, Any]:
         """The job as the API shows it: id, status, and result or error."""
@@ -133,7 +151,7 @@ class JobQueue:
             ("ended_at", job.ended_at),
         ):
             if value is not None:
-                doc[key] = value.isoformat().replace("+00:00", "Z")
+                doc[key] = iso(value)
         if status == "finished":
             doc["result"] = self.raw_result(job.id)
         elif status == "failed":
@@ -169,3 +187,10 @@ class JobQueue:
             self.connection.unlink(payload_key(job.id))
         else:
             job.delete()
+
+
+def iso(moment: datetime) -> str:
+    """Write a moment as RFC 3339 in UTC with a Z."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat().replace("+00:00", "Z")

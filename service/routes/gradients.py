@@ -6,13 +6,15 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
+from rq.job import Job
 
 from worker.graph.errors import FieldError, LimitExceeded, TapeserveError
 from worker.graph.parsecache import REQUESTS
 from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, OWNER_META, REQUEST_ID_META
 
 from ..body import read_json
-from ..prefer import parse_prefer
+from ..jobqueue import iso
+from ..prefer import Preferences, parse_prefer
 from ..problems import problem_from_document, problem_response
 from ..responses import json_response
 from ..schemas import BATCH_SCHEMA, GRADIENT_SCHEMA, check_envelope
@@ -71,10 +73,10 @@ def submit(function: str, payload: bytes, device: str) -> Response:
         )
     meta = {REQUEST_ID_META: g.get("request_id", ""), OWNER_META: g.get("owner", "")}
     job = svc.jobs.enqueue(function, payload, device=device, meta=meta)
-    return answer(job.id, parse_prefer(request.headers), current_app.config["DEFAULT_WAIT_S"])
+    return answer(job, parse_prefer(request.headers), current_app.config["DEFAULT_WAIT_S"])
 
 
-def answer(job_id: str, prefs: Any, default_wait: float) -> Response:
+def answer(queued: Job, prefs: Preferences, default_wait: float) -> Response:
     """Wait for the job as preferred; answer with its result, its problem, or 202."""
     svc = services()
     applied: list[str] = []
@@ -86,20 +88,28 @@ def answer(job_id: str, prefs: Any, default_wait: float) -> Response:
         applied.append(f"wait={wait:g}")
     else:
         wait = default_wait
-    done = svc.jobs.wait(job_id, wait) if wait > 0 else False
-    job = svc.jobs.fetch(job_id)
-    location = url_for("jobs.get_job", job_id=job_id)
+    location = url_for("jobs.get_job", job_id=queued.id)
     headers = {"Location": location}
     if applied:
         headers["Preference-Applied"] = ", ".join(applied)
+    entry = svc.jobs.wait(queued.id, wait)
+    if entry is None:
+        # Not ended within the wait: say so from what enqueueing returned, without a read.
+        return json_response({"id": queued.id, "status": "queued", "created_at": _created(queued)}, 202, headers)
+    finished = svc.jobs.finished_document(queued, entry)
+    if finished is not None:
+        return json_response(finished, 200, headers)
+    job = svc.jobs.fetch(queued.id)
     if job is None:  # deleted by another request meanwhile
-        return problem_response(404, "not-found", "Not Found", f"job {job_id} no longer exists")
+        return problem_response(404, "not-found", "Not Found", f"job {queued.id} no longer exists")
     doc = svc.jobs.document(job)
-    if done and doc["status"] in ("failed", "canceled"):
+    if doc["status"] in ("failed", "canceled"):
         problem = dict(doc["error"])
-        problem["job_id"] = job_id
+        problem["job_id"] = queued.id
         problem["instance"] = location
         return problem_from_document(problem, headers=headers)
-    if doc["status"] == "finished":
-        return json_response(doc, 200, headers)
-    return json_response(doc, 202, headers)
+    return json_response(doc, 200 if doc["status"] == "finished" else 202, headers)
+
+
+def _created(job: Job) -> str | None:
+    return iso(job.created_at) if job.created_at is not None else None
