@@ -207,7 +207,11 @@ def start_stack(redis_server: RedisServer, extra_env: dict[str, str] | None = No
         start_new_session=True,
     )
     stack = Stack(redis_server, f"http://127.0.0.1:{port}", api, [], env)
-    wait_until(lambda: stack.get("/healthz").status_code == 200, 30, "gunicorn")
+    try:
+        wait_until(lambda: stack.get("/healthz").status_code == 200, 30, "gunicorn")
+    except BaseException:
+        stop_stack(stack)
+        raise
     return stack
 
 
@@ -234,7 +238,9 @@ def stack_redis() -> Iterator[RedisServer]:
 def stack(stack_redis: RedisServer) -> Iterator[Stack]:
     """One live stack shared by the end-to-end tests: a worker and the API."""
     s = start_stack(stack_redis, {"TAPESERVE_TIME_LIMIT_S": "20"})
-    s.start_worker()
-    s.wait_ready()
-    yield s
-    stop_stack(s)
+    try:
+        s.start_worker()
+        s.wait_ready()
+        yield s
+    finally:
+        stop_stack(s)
