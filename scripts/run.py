@@ -41,8 +41,19 @@ def main() -> int:
         print(f"starting a private redis-server on port {parsed.port or 6379} (data in {workdir})", flush=True)
         children.append(
             subprocess.Popen(
-                [binary, "--port", str(parsed.port or 6379), "--bind", parsed.hostname or "127.0.0.1",
-                 "--dir", workdir, "--appendonly", "yes", "--maxmemory-policy", "noeviction"],
+                [
+                    binary,
+                    "--port",
+                    str(parsed.port or 6379),
+                    "--bind",
+                    parsed.hostname or "127.0.0.1",
+                    "--dir",
+                    workdir,
+                    "--appendonly",
+                    "yes",
+                    "--maxmemory-policy",
+                    "noeviction",
+                ],
                 stdout=subprocess.DEVNULL,
             )
         )

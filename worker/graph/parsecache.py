@@ -71,9 +71,7 @@ class RequestCache:
         self.hits = 0
         self.misses = 0
 
-    def parse(
-        self, doc: Any, registry: Registry, limits: Limits, *, check_values: bool = True
-    ) -> GradientRequest:
+    def parse(self, doc: Any, registry: Registry, limits: Limits, *, check_values: bool = True) -> GradientRequest:
         """Check a request as `parse_request` does, reusing the checked graph of its skeleton."""
         digest = skeleton(doc)
         if digest is None:
