@@ -70,16 +70,20 @@ def main() -> int:
     )
     print(f"tapeserve: API on http://127.0.0.1:{port} (docs at /docs); Ctrl-C stops it", flush=True)
 
+    stopping = False
+
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        nonlocal stopping
+        stopping = True  # Ctrl-C reaches the children too; their exits are then expected
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
-        while all(c.poll() is None for c in children):
-            time.sleep(0.5)
-        print("a process exited; stopping the rest", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        if not stopping:
+            print("a process exited; stopping the rest", file=sys.stderr)
+            return 1
         return 0
     finally:
         for child in reversed(children):
