@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from worker.graph.errors import FieldError, GraphError, pointer
-from worker.graph.request import ENCODINGS, MODES, UNCONNECTED
+from worker.graph.graph import ENCODINGS, MODES, UNCONNECTED
 from worker.protocol import DEVICES
 
 

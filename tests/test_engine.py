@@ -12,13 +12,13 @@ from worker.graph.errors import ExecutionError, GraphError
 tf = pytest.importorskip("tensorflow")
 from worker.engine import run_document  # noqa: E402
 
-EXAMPLE_1 = {"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}
-EXAMPLE_2 = {
+EXAMPLE_1: dict[str, Any] = {"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}
+EXAMPLE_2: dict[str, Any] = {
     "tensors": {"x": {"fill": 3.0, "shape": [2, 3]}, "z": 5.0},
     "expression": "reduce_sum(x * x + 2 * z)",
     "sources": ["x", "z"],
 }
-EXAMPLE_2_GRAPH = {
+EXAMPLE_2_GRAPH: dict[str, Any] = {
     "tensors": {
         "x": {"value": [[3, 3, 3], [3, 3, 3]], "dtype": "float32"},
         "z": {"value": 5.0},
@@ -32,7 +32,7 @@ EXAMPLE_2_GRAPH = {
     "target": "y",
     "sources": ["x", "z"],
 }
-EXAMPLE_3 = {"tensors": {"x": 2.0}, "expression": "x**2 + 2*x - 1", "sources": ["x"]}
+EXAMPLE_3: dict[str, Any] = {"tensors": {"x": 2.0}, "expression": "x**2 + 2*x - 1", "sources": ["x"]}
 
 
 def value(doc: dict[str, Any] | None) -> Any:

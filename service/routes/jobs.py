@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, current_app, g, request
 from rq.job import Job
 from werkzeug.exceptions import NotFound
@@ -13,11 +15,13 @@ from ..responses import json_response
 from ..state import services
 
 bp = Blueprint("jobs", __name__)
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def owned_job(job_id: str) -> Job:
     """Return the job if it exists and belongs to the caller; otherwise 404 (ids leak nothing)."""
-    job = services().jobs.fetch(job_id) if len(job_id) <= 64 else None
+    # Ids this service makes are UUIDs; anything else cannot name a job (and RQ refuses some).
+    job = services().jobs.fetch(job_id) if JOB_ID_RE.match(job_id) else None
     if job is None or job.meta.get(OWNER_META, "") != g.get("owner", ""):
         raise NotFound(f"no job {job_id[:64]}: unknown, expired, or not yours")
     return job

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from worker.graph.request import GradientRequest, Literal
+from worker.graph.graph import GradientRequest, Literal
 
 CAPACITY = 128  # traced functions kept; each holds a TF graph (~100 KB for 200 ops)
 COMPILE_AFTER = 2  # sightings of a structure before it is traced

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from worker.graph.errors import ExecutionError, FieldError
-from worker.graph.request import GradientRequest, Literal, Node, Ref
+from worker.graph.graph import GradientRequest, Literal, Node, Ref
 
 from .cache import FUNCTIONS, CompiledFunctions, structure_key
 from .codec import count_nonfinite, decode_tensor, encode_array

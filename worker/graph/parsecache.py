@@ -16,9 +16,11 @@ from typing import Any
 import orjson
 
 from .errors import ErrorCollector
+from .graph import GradientRequest
 from .limits import Limits
+from .modes import mode_fields
 from .registry import Registry
-from .request import GradientRequest, mode_fields, parse_request, parse_tensors
+from .request import parse_request, parse_tensors
 
 CAPACITY = 512  # checked graphs kept per process; each is a few KB per op
 VALUE_FIELDS = ("tensors", "output_gradients", "tangents")
