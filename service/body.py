@@ -16,11 +16,13 @@ def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, by
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'}")
     if request.content_length is not None and request.content_length > max_bytes:
-        raise RequestEntityTooLarge(f"the body is {request.content_length} bytes; the limit is {max_bytes}")
+        raise RequestEntityTooLarge(
+            f"the body is {request.content_length} bytes, over the limit max_body_bytes = {max_bytes}"
+        )
     # Read at most one byte past the limit, so a body without Content-Length is bounded too.
     data = request.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise RequestEntityTooLarge(f"the body is over the limit of {max_bytes} bytes")
+        raise RequestEntityTooLarge(f"the body is over the limit max_body_bytes = {max_bytes}")
     if not data.strip():
         raise BadRequest("the body is empty; send a JSON object")
     try:
@@ -47,7 +49,7 @@ def check_depth(doc: Any, limit: int) -> None:
             )
         if isinstance(obj, dict):
             stack.extend((v, depth + 1, (*path, k)) for k, v in obj.items() if isinstance(v, dict | list))
-        elif obj and isinstance(obj[0], dict | list):
+        elif isinstance(obj, list) and obj and isinstance(obj[0], dict | list):
             stack.extend((v, depth + 1, (*path, i)) for i, v in enumerate(obj) if isinstance(v, dict | list))
 
 

@@ -29,10 +29,20 @@ def decode_tensor(spec: TensorSpec) -> np.ndarray:
         return np.frombuffer(base64.b64decode(spec.b64), dtype=dtype).reshape(spec.shape)
     if spec.fill is not None:
         return np.full(spec.shape, _number(spec.fill), dtype=dtype)
+    return decode_value(spec.value, spec.dtype).reshape(spec.shape)
+
+
+def decode_value(value: Any, dtype_name: str) -> np.ndarray:
+    """Return a checked number or nested list (non-finite as strings) as an array of `dtype_name`.
+
+    A number past the dtype's range becomes infinity, as `tf.constant` makes it.
+    """
+    dtype = NUMPY_DTYPES[dtype_name]
     if dtype.kind == "f" or dtype == NUMPY_DTYPES["bfloat16"]:
         # float() reads "NaN", "Infinity" and "-Infinity" too, so one conversion does it all.
-        return np.asarray(spec.value, dtype=np.float64).astype(dtype).reshape(spec.shape)
-    return np.asarray(spec.value, dtype=dtype).reshape(spec.shape)
+        with np.errstate(over="ignore"):
+            return np.asarray(value, dtype=np.float64).astype(dtype)
+    return np.asarray(value, dtype=dtype)
 
 
 def encode_array(array: np.ndarray, dtype: str, encoding: str = "json") -> dict[str, Any]:
@@ -71,7 +81,9 @@ def count_nonfinite(array: np.ndarray) -> int:
     """Count NaN and infinite entries (0 for non-float arrays)."""
     if array.dtype.kind != "f" and array.dtype != NUMPY_DTYPES["bfloat16"]:
         return 0
-    return int(array.size - np.count_nonzero(np.isfinite(array.astype(np.float32))))
+    if array.dtype == NUMPY_DTYPES["bfloat16"]:
+        array = array.astype(np.float32)  # NumPy's isfinite has no bfloat16 loop
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def _number(value: Any) -> Any:

@@ -19,7 +19,7 @@ from worker.graph.errors import ExecutionError, FieldError
 from worker.graph.graph import GradientRequest, Literal, Node, Ref
 
 from .cache import FUNCTIONS, CompiledFunctions, structure_key
-from .codec import count_nonfinite, decode_tensor, encode_array
+from .codec import count_nonfinite, decode_tensor, decode_value, encode_array
 
 UNCONNECTED = {"none": tf.UnconnectedGradients.NONE, "zero": tf.UnconnectedGradients.ZERO}
 RESULT_KEY = {
@@ -127,7 +127,7 @@ def _nth_gradient(
 def run_node(node: Node, env: dict[Ref, tf.Tensor]) -> None:
     """Run one op on its inputs from `env`, adding its outputs to `env`."""
     args = [
-        tf.constant(item.value, dtype=item.info.dtype) if isinstance(item, Literal) else env[item]
+        tf.constant(decode_value(item.value, item.info.dtype)) if isinstance(item, Literal) else env[item]
         for item in node.inputs
     ]
     try:
@@ -203,16 +203,23 @@ def encode_result(req: GradientRequest, targets: Sequence[tf.Tensor], results: S
     device = targets[0].device if targets and hasattr(targets[0], "device") else ""
     encoded_targets = []
     for ref, t in zip(req.targets, targets, strict=True):
-        array = np.asarray(t)
+        array = _numpy(t)
         encoded_targets.append(encode_array(array, req.info(ref).dtype, req.encoding))
         _note_nonfinite(array, f"the target '{ref}'", notes)
     result: dict[str, Any] = {
         "target": encoded_targets if req.target_is_list else encoded_targets[0],
     }
     if req.mode == "jvp":
-        array = np.asarray(results[0])
-        result["jvp"] = encode_array(array, req.info(req.targets[0]).dtype, req.encoding)
-        _note_nonfinite(array, "the jvp", notes)
+        if results[0] is None:
+            result["jvp"] = None
+            notes.append(
+                "no source is connected to the target: the jvp is null "
+                '(set unconnected_gradients to "zero" for zeros)'
+            )
+        else:
+            array = _numpy(results[0])
+            result["jvp"] = encode_array(array, req.info(req.targets[0]).dtype, req.encoding)
+            _note_nonfinite(array, "the jvp", notes)
     else:
         entries: dict[str, Any] = {}
         for name, value in zip(req.sources, results, strict=True):
@@ -223,7 +230,7 @@ def encode_result(req: GradientRequest, targets: Sequence[tf.Tensor], results: S
                     '(set unconnected_gradients to "zero" for zeros)'
                 )
                 continue
-            array = np.asarray(tf.convert_to_tensor(value))
+            array = _numpy(tf.convert_to_tensor(value))
             entries[name] = encode_array(array, req.tensors[name].dtype, req.encoding)
             _note_nonfinite(array, f"the {req.mode} for '{name}'", notes)
         result[RESULT_KEY[req.mode]] = entries
@@ -231,6 +238,11 @@ def encode_result(req: GradientRequest, targets: Sequence[tf.Tensor], results: S
     if notes:
         result["notes"] = notes
     return result
+
+
+def _numpy(t: Any) -> np.ndarray:
+    """The value of a tensor as an array (np.asarray fails on a scalar bfloat16 tensor)."""
+    return np.asarray(t.numpy()) if hasattr(t, "numpy") else np.asarray(t)
 
 
 def _note_nonfinite(array: np.ndarray, what: str, notes: list[str]) -> None:

@@ -57,8 +57,12 @@ def infer_shapes(
     declared_ids: set[str],
     limits: Limits,
     errors: ErrorCollector,
+    graph_path: str = "/ops",
 ) -> dict[Ref, TensorInfo]:
-    """Compute every tensor's static shape and dtype, checking sizes against the limits."""
+    """Compute every tensor's static shape and dtype, checking sizes against the limits.
+
+    `graph_path` is where an error about the whole graph points (/ops, or /expression).
+    """
     infos: dict[Ref, TensorInfo] = {Ref(n): TensorInfo(t.shape, t.dtype) for n, t in tensors.items()}
     known_ids = {n.id for n in nodes} | declared_ids
     total = 0
@@ -115,7 +119,7 @@ def infer_shapes(
             infos[Ref(node.id, k)] = out
     if total > limits.max_total_elements:
         errors.limit(
-            "/ops",
+            graph_path,
             f"the graph would hold {total} elements in all, over the limit "
             f"max_total_elements = {limits.max_total_elements}",
         )

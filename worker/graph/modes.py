@@ -23,7 +23,13 @@ def parse_targets(
     errors: ErrorCollector,
 ) -> tuple[list[Ref], bool]:
     if "expression" in doc:
-        return ([Ref(expr_target)] if expr_target and Ref(expr_target) in infos else []), False
+        if expr_target is None:
+            return [], False  # the expression itself was refused, with its own errors
+        if Ref(expr_target) in infos:
+            return [Ref(expr_target)], False
+        if expr_target not in declared_ids:  # a bare name that is nothing: `"expression": "q"`
+            errors.add("/expression", f"unknown name '{expr_target}': not a tensor", 0)
+        return [], False
     raw = doc.get("target")
     if raw is None:
         errors.add("/target", "is required with 'ops' (or give an 'expression')")

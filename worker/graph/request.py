@@ -87,9 +87,10 @@ def parse_request(
     declared_ids = {op["id"] for op in op_docs if isinstance(op, dict) and isinstance(op.get("id"), str)}
     declared_tensors = set(doc["tensors"]) if isinstance(doc.get("tensors"), dict) else set()
     declared_ids |= declared_tensors
-    nodes = _nodes(op_docs, op_paths, positions, tensors, registry, errors)
+    nodes = _nodes(op_docs, op_paths, positions, tensors, registry, limits, errors)
     ordered = topological_order(nodes, op_paths, errors)
-    infos = infer_shapes(ordered, tensors, declared_ids, limits, errors)
+    graph_path = "/expression" if "expression" in doc else "/ops"
+    infos = infer_shapes(ordered, tensors, declared_ids, limits, errors, graph_path)
 
     targets, is_list = parse_targets(doc, expr_target, tensors, nodes, declared_ids, infos, errors)
     sources = parse_sources(doc.get("sources"), tensors, nodes, declared_tensors, limits, errors)
@@ -188,6 +189,7 @@ def _nodes(
     positions: list[int | None],
     tensors: Mapping[str, TensorSpec],
     registry: Registry,
+    limits: Limits,
     errors: ErrorCollector,
 ) -> list[Node]:
     nodes: list[Node] = []
@@ -226,7 +228,7 @@ def _nodes(
         except UnknownOp as exc:
             add(at("op"), str(exc))
             continue
-        inputs = _inputs(op.get("inputs", []), spec, at, add)
+        inputs = _inputs(op.get("inputs", []), spec, limits, at, add)
         attrs = _attrs(op.get("attrs", {}) or {}, spec, at, add)
         if inputs is None or attrs is None:
             continue
@@ -234,7 +236,7 @@ def _nodes(
     return nodes
 
 
-def _inputs(raw: Any, spec: OpSpec, at: Any, add: Any) -> list[Input] | None:
+def _inputs(raw: Any, spec: OpSpec, limits: Limits, at: Any, add: Any) -> list[Input] | None:
     if not isinstance(raw, list):
         add(at("inputs"), "must be a list of names or literals")
         return None
@@ -256,12 +258,21 @@ def _inputs(raw: Any, spec: OpSpec, at: Any, add: Any) -> list[Input] | None:
         elif isinstance(item, bool) or item is None or isinstance(item, dict):
             add(at("inputs", k), "must be a name, an 'id:k' reference, or a number or nested list of numbers")
             ok = False
+        elif k in spec.int_inputs:
+            # Index inputs (gather's indices, one_hot's, sparse labels) become int32 literals.
+            errs = ErrorCollector()
+            lit = parse_tensor({"value": item, "dtype": "int32"}, at("inputs", k), errs, limits)
+            if lit is None:
+                add(at("inputs", k), f"'{spec.inputs[k]}' takes integer indices (int32), not {short_repr(item)}")
+                ok = False
+                continue
+            out.append(Literal(item, TensorInfo(lit.shape, "int32")))
         elif type(item) is float or type(item) is int:
             out.append(Literal(item, SCALAR))  # the common case: a plain number
         else:
             # Literal shapes and elements are checked like tensors; dtype is fixed in _infer.
             errs = ErrorCollector()
-            lit = parse_tensor(item, at("inputs", k), errs, DEFAULT_LIMITS)
+            lit = parse_tensor(item, at("inputs", k), errs, limits)
             if lit is None:
                 for e in errs.errors + errs.limit_errors:
                     add(e.path, e.message)
