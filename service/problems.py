@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import redis.exceptions
@@ -57,7 +58,8 @@ def problem_response(
 
 def problem_from_document(body: dict[str, Any], *, headers: dict[str, str] | None = None) -> Response:
     """Answer with an already built problem document (a job's error, say)."""
-    body.setdefault("instance", request.path)
+    # A URI reference: the path as it was sent (percent-encoded), not as it was decoded.
+    body.setdefault("instance", quote(request.path, safe="/:@!$&'()*+,;=-._~"))
     response = Response(orjson.dumps(body), status=int(body["status"]), mimetype=PROBLEM_JSON)
     for key, value in (headers or {}).items():
         response.headers[key] = value

@@ -119,6 +119,8 @@ def assert_answer_is_documented(response: TestResponse, key: Key) -> None:
     schema_pointer = f"{pointer}/content/{escape(media)}/schema"
     if mimetype.endswith("json"):
         errors = schema_errors(json.loads(response.data), schema_pointer)
+    elif mimetype.endswith("yaml"):
+        errors = schema_errors(yaml.safe_load(response.data), schema_pointer)
     elif lookup(schema_pointer).get("format") == "binary":
         errors = []
     else:
