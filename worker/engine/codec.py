@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import orjson
 
-from worker.graph.tensors import NONFINITE, TensorSpec
+from worker.graph.tensors import TensorSpec
 
 NUMPY_DTYPES: dict[str, Any] = {
     "float16": np.dtype("<f2"),
@@ -28,7 +28,7 @@ def decode_tensor(spec: TensorSpec) -> np.ndarray:
     if spec.b64 is not None:
         return np.frombuffer(base64.b64decode(spec.b64), dtype=dtype).reshape(spec.shape)
     if spec.fill is not None:
-        return np.full(spec.shape, _number(spec.fill), dtype=dtype)
+        return np.full(spec.shape, decode_value(spec.fill, spec.dtype), dtype=dtype)
     return decode_value(spec.value, spec.dtype).reshape(spec.shape)
 
 
@@ -84,7 +84,3 @@ def count_nonfinite(array: np.ndarray) -> int:
     if array.dtype == NUMPY_DTYPES["bfloat16"]:
         array = array.astype(np.float32)  # NumPy's isfinite has no bfloat16 loop
     return int(array.size - np.count_nonzero(np.isfinite(array)))
-
-
-def _number(value: Any) -> Any:
-    return NONFINITE.get(value, value) if isinstance(value, str) else value

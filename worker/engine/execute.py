@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.autograph.impl.api import StagingError
 
 from worker.graph.errors import ExecutionError, FieldError
 from worker.graph.graph import GradientRequest, Literal, Node, Ref
@@ -33,6 +34,10 @@ RESULT_KEY = {
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\](\s*name:\s*\S*)?")
 
 Results = tuple[list[tf.Tensor], list[tf.Tensor | None]]
+
+# What TensorFlow raises when it cannot run or differentiate a graph it was allowed to build.
+# StagingError comes from tracing (tape.jacobian's pfor, tf.function); it has no public name.
+TF_FAILURES = (LookupError, tf.errors.OpError, ValueError, TypeError, NotImplementedError, StagingError)
 
 
 def input_arrays(req: GradientRequest) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -178,9 +183,10 @@ def _run_cached(
     try:
         targets, results = fn(tensors, extras)
         return list(targets), list(results)
-    except (LookupError, tf.errors.OpError, ValueError, TypeError):
+    except TF_FAILURES:
         # A traced graph's error does not say which op failed; the eager run does, or it
-        # succeeds, and this structure is run eagerly from then on.
+        # succeeds (some gradients exist only eagerly: SVD's with unknown inner shapes), and
+        # this structure is run eagerly from then on.
         outcome = _run_eagerly(req, tensors, extras)
         cache.mark_eager_only(key)
         return outcome
@@ -191,9 +197,11 @@ def _run_eagerly(req: GradientRequest, tensors: list[tf.Tensor], extras: list[tf
         return make_compute(req)(tensors, extras)
     except ExecutionError:
         raise
-    except (LookupError, tf.errors.OpError, ValueError) as exc:
-        message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-        message = _TF_NOISE.sub("", message).strip().splitlines()[0]
+    except TF_FAILURES as exc:
+        # tape.jacobian traces through pfor: a missing gradient arrives as a StagingError.
+        cause = exc.__cause__ if isinstance(exc, StagingError) and exc.__cause__ is not None else exc
+        message = cause.message if isinstance(cause, tf.errors.OpError) else str(cause)
+        message = (_TF_NOISE.sub("", message).strip().splitlines() or [type(cause).__name__])[0]
         raise ExecutionError(FieldError("/target", f"TensorFlow could not differentiate: {message}")) from None
 
 
