@@ -221,8 +221,7 @@ def encode_result(req: GradientRequest, targets: Sequence[tf.Tensor], results: S
         if results[0] is None:
             result["jvp"] = None
             notes.append(
-                "no source is connected to the target: the jvp is null "
-                '(set unconnected_gradients to "zero" for zeros)'
+                'no source is connected to the target: the jvp is null (set unconnected_gradients to "zero" for zeros)'
             )
         else:
             array = _numpy(results[0])
