@@ -77,3 +77,15 @@ def test_new_values_hit_and_new_shapes_miss() -> None:
     wider["tensors"]["x"]["value"] = [[3, 3, 3, 3]] * 2
     assert cache.parse(wider, REGISTRY, DEFAULT_LIMITS).tensors["x"].shape == (2, 4)
     assert cache.misses == 2
+
+
+def test_the_cache_keeps_graphs_not_values() -> None:
+    cache = RequestCache()
+    big = copy.deepcopy(EXAMPLE_2_GRAPH)
+    big["tensors"]["x"] = {"fill": 3.0, "shape": [2, 3]}
+    assert cache.parse(big, REGISTRY, DEFAULT_LIMITS).tensors["x"].fill == 3.0
+    (kept,) = cache._entries.values()
+    assert all(t.value is None and t.fill is None and t.b64 is None for t in kept.tensors.values())
+    again = copy.deepcopy(big)
+    again["tensors"]["x"]["fill"] = 4.0
+    assert cache.parse(again, REGISTRY, DEFAULT_LIMITS).tensors["x"].fill == 4.0

@@ -54,6 +54,7 @@ def input_arrays(req: GradientRequest) -> tuple[list[np.ndarray], list[np.ndarra
 
 def make_compute(req: GradientRequest) -> Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor]], Results]:
     """Return the function of the input tensors that runs the graph and the request's mode."""
+    req = req.without_values()  # the traced function is cached: it must not hold this request's arrays
     names = list(req.tensors)
     source_index = [names.index(s) for s in req.sources]
     unconnected = UNCONNECTED[req.unconnected]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,3 +92,8 @@ class GradientRequest:
 
     def info(self, ref: Ref) -> TensorInfo:
         return self.infos[ref]
+
+    def without_values(self) -> GradientRequest:
+        """The same graph with no tensor values: what a cache may keep without holding big arrays."""
+        empty = {n: dataclasses.replace(t, value=None, fill=None, b64=None) for n, t in self.tensors.items()}
+        return dataclasses.replace(self, tensors=empty, output_gradients=None, tangents=None)

@@ -83,7 +83,8 @@ class RequestCache:
         if cached is None:
             self.misses += 1
             request = parse_request(doc, registry, limits, check_values=check_values)
-            self._entries[key] = request
+            # Keep the graph, not the values: a hit reads its own (1M-element tensors add up).
+            self._entries[key] = request.without_values()
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
             return request
