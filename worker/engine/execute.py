@@ -147,9 +147,14 @@ def run_node(node: Node, env: dict[Ref, tf.Tensor]) -> None:
 
 def op_failed(node: Node, exc: Exception) -> ExecutionError:
     """Translate TensorFlow's complaint about one op into an error naming that op."""
-    message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-    message = _TF_NOISE.sub("", message).strip().splitlines()[0] if message.strip() else type(exc).__name__
+    message = tf_message(exc)
     return ExecutionError(FieldError(node.path, f"op '{node.id}' ({node.spec.name}) failed: {message}", node.position))
+
+
+def tf_message(exc: BaseException) -> str:
+    """The first line of TensorFlow's message, without its kernel and op-type noise."""
+    message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+    return (_TF_NOISE.sub("", message).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def run_request(
@@ -201,8 +206,7 @@ def _run_eagerly(req: GradientRequest, tensors: list[tf.Tensor], extras: list[tf
     except TF_FAILURES as exc:
         # tape.jacobian traces through pfor: a missing gradient arrives as a StagingError.
         cause = exc.__cause__ if isinstance(exc, StagingError) and exc.__cause__ is not None else exc
-        message = cause.message if isinstance(cause, tf.errors.OpError) else str(cause)
-        message = (_TF_NOISE.sub("", message).strip().splitlines() or [type(cause).__name__])[0]
+        message = tf_message(cause)
         raise ExecutionError(FieldError("/target", f"TensorFlow could not differentiate: {message}")) from None
 
 
