@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from worker.graph.errors import ExecutionError, GraphError
 
 tf = pytest.importorskip("tensorflow")
 from worker.engine import run_document  # noqa: E402
+from worker.engine.codec import dumps  # noqa: E402
 
 EXAMPLE_1: dict[str, Any] = {"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}
 EXAMPLE_2: dict[str, Any] = {
@@ -313,3 +315,44 @@ def test_a_runtime_failure_in_a_compiled_function_still_names_the_op() -> None:
         assert info.value.errors[0].path == "/expression" and "linalg.inv" in info.value.errors[0].message
     good = {**doc, "tensors": {"m": [[2.0, 0.0], [0.0, 4.0]]}}
     assert run_request(parse_request(good), cache=cache)["target"]["value"] == pytest.approx(0.75)
+
+
+def test_compiled_runs_keep_unconnected_sources_targets_and_output_gradients_in_place() -> None:
+    from worker.engine.cache import CompiledFunctions
+    from worker.engine.execute import run_request
+    from worker.graph.request import parse_request
+
+    cache = CompiledFunctions(compile_after=1)
+    tensors: dict[str, Any] = {"x": [1.0, 2.0], "u": [3.0, 4.0], "z": [0.5, -1.0]}
+    doc: dict[str, Any] = {
+        "tensors": tensors,
+        "ops": [
+            {"id": "a", "op": "multiply", "inputs": ["x", "z"]},
+            {"id": "b", "op": "square", "inputs": ["z"]},
+        ],
+        "target": ["a", "b"],
+        "sources": ["x", "u", "z"],
+        "output_gradients": [[1.0, 2.0], [3.0, 5.0]],
+    }
+    for values in ([0.5, -1.0], [2.0, 3.0]):
+        req = parse_request({**doc, "tensors": {**tensors, "z": values}})
+        cached, eager = run_request(req, cache=cache), run_request(req, cache=None)
+        assert orjson.loads(dumps(cached)) == orjson.loads(dumps(eager))
+        assert cached["gradients"]["u"] is None
+        z = np.asarray(values)
+        np.testing.assert_allclose(value(cached["gradients"]["x"]), z * [1.0, 2.0])
+        np.testing.assert_allclose(value(cached["gradients"]["z"]), [1.0, 4.0] + 2 * z * [3.0, 5.0])
+    assert (cache.stats.compiles, cache.stats.hits) == (1, 1)
+
+
+def test_compiled_graphs_are_called_without_tf_function_overhead() -> None:
+    """The direct call relies on a private TensorFlow attribute: a TF upgrade that moves it fails here."""
+    from worker.engine.cache import CompiledFunctions
+    from worker.engine.execute import CompiledGraph, run_request
+    from worker.graph.request import parse_request
+
+    cache = CompiledFunctions(compile_after=1)
+    run_request(parse_request({"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}), cache=cache)
+    (compiled,) = cache._functions.values()
+    assert isinstance(compiled, CompiledGraph)
+    assert getattr(compiled._call, "__name__", "") == "call_flat"

@@ -178,17 +178,17 @@ def _run_cached(
     key = structure_key(req, device)
     fn = cache.get(key)
     if fn is None and cache.should_compile(key):
-        signature = (
-            [tf.TensorSpec(t.shape, t.dtype) for t in tensors],
-            [tf.TensorSpec(t.shape, t.dtype) for t in extras],
-        )
-        fn = tf.function(make_compute(req), input_signature=signature, autograph=False)
-        cache.put(key, fn)
+        try:
+            fn = CompiledGraph(make_compute(req), tensors, extras)
+        except TF_FAILURES:
+            fn = None  # tracing failed; the eager run below says why, or succeeds
+            cache.mark_eager_only(key)
+        else:
+            cache.put(key, fn)
     if fn is None:
         return _run_eagerly(req, tensors, extras)
     try:
-        targets, results = fn(tensors, extras)
-        return list(targets), list(results)
+        return fn(tensors, extras)
     except TF_FAILURES:
         # A traced graph's error does not say which op failed; the eager run does, or it
         # succeeds (some gradients exist only eagerly: SVD's with unknown inner shapes), and
@@ -196,6 +196,42 @@ def _run_cached(
         outcome = _run_eagerly(req, tensors, extras)
         cache.mark_eager_only(key)
         return outcome
+
+
+class CompiledGraph:
+    """A request's `compute`, traced once for its shapes and dtypes and called on flat tensors.
+
+    Calling the traced graph directly skips `tf.function`'s per-call work (binding arguments,
+    looking the signature up, packing outputs): measured on the contract's example 3, a
+    `tf.function` call costs 333 us, its concrete function 162 us, the graph itself 55 us.
+    A None result (an unconnected source) is not a tensor; tracing records where they are.
+    """
+
+    def __init__(self, compute: Callable[..., Results], tensors: list[tf.Tensor], extras: list[tf.Tensor]):
+        n_inputs = len(tensors)
+        layout: list[Any] = []  # set while tracing: the number of targets, then which results exist
+
+        def flat(*args: tf.Tensor) -> list[tf.Tensor]:
+            targets, results = compute(args[:n_inputs], args[n_inputs:])
+            layout[:] = [len(targets), [r is not None for r in results]]
+            return [*targets, *(tf.convert_to_tensor(r) for r in results if r is not None)]
+
+        signature = [tf.TensorSpec(t.shape, t.dtype) for t in [*tensors, *extras]]
+        concrete = tf.function(flat, input_signature=signature, autograph=False).get_concrete_function()
+        self.n_targets, self.present = layout
+        # The graph with no Python around it: a private attribute of TF's, hence the fallback
+        # to the public (slower) call should a TF release move it; with captured tensors
+        # (none are expected: constants are built inside) the public call passes them.
+        graph = getattr(concrete, "_inference_function", None)
+        if graph is not None and not concrete.captured_inputs and hasattr(graph, "call_flat"):
+            self._call: Callable[..., Sequence[tf.Tensor]] = graph.call_flat
+        else:
+            self._call = concrete
+
+    def __call__(self, tensors: Sequence[tf.Tensor], extras: Sequence[tf.Tensor]) -> Results:
+        out = list(self._call(*tensors, *extras))
+        targets, rest = out[: self.n_targets], iter(out[self.n_targets :])
+        return targets, [next(rest) if present else None for present in self.present]
 
 
 def _run_eagerly(req: GradientRequest, tensors: list[tf.Tensor], extras: list[tf.Tensor]) -> Results:
