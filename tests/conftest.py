@@ -118,17 +118,18 @@ def client(app: Any) -> Any:
 
 @dataclass
 class InProcessWorker:
-    """Drives RQ's SimpleWorker in this process over the real Redis (as RQ's own tests do)."""
+    """Drives the worker's RQ worker (a SimpleWorker) in this process over the real Redis, as RQ's own tests do."""
 
     redis: Redis
 
     def make(self, pool: str) -> Any:
-        from rq import Queue, SimpleWorker
+        from rq import Queue
 
         from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
+        from worker.tapeworker import TapeJob, TapeWorker
 
         queues = [Queue(queue_name(q), connection=self.redis, serializer=OrjsonSerializer) for q in POOL_QUEUES[pool]]
-        return SimpleWorker(queues, connection=self.redis, serializer=OrjsonSerializer)
+        return TapeWorker(queues, connection=self.redis, serializer=OrjsonSerializer, job_class=TapeJob)
 
     def register(self, pool: str = "cpu") -> Any:
         """Register a worker for a pool (so the API sees one) without running jobs yet."""

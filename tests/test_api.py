@@ -1,4 +1,4 @@
-"""The API over a real Redis, with RQ's SimpleWorker run in this process for the jobs."""
+"""The API over a real Redis, with the worker's RQ worker run in this process for the jobs."""
 
 from __future__ import annotations
 

@@ -27,17 +27,17 @@ import orjson
 import pytest
 import requests
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from tests.conftest import RedisServer, Stack, free_port, start_stack, stop_stack, wait_until
 from tests.test_engine import EXAMPLE_1
 from worker import jobs
-from worker.cli import LOST_JOB_BOUND_S, WORKER_TTL_S
 from worker.graph.limits import Limits
 from worker.protocol import JOB_FUNCTION, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 from worker.runner import TensorFlowProcess
+from worker.tapeworker import LOST_JOB_BOUND_S, WORKER_TTL_S, TapeJob, TapeWorker
 
 pytestmark = pytest.mark.e2e
 
@@ -455,7 +455,8 @@ def test_rqs_own_job_timeout_is_a_time_limit_problem_and_the_busy_tf_process_is_
         queue = Queue(queue_name("cpu"), connection=redis, serializer=OrjsonSerializer)
         redis.set(payload_key("rq-timeout"), orjson.dumps(SLOW_GRAPH))
         job = queue.enqueue(JOB_FUNCTION, payload_key("rq-timeout"), job_id="rq-timeout", job_timeout=1)
-        SimpleWorker([queue], connection=redis, serializer=OrjsonSerializer).work(burst=True, logging_level="WARNING")
+        worker = TapeWorker([queue], connection=redis, serializer=OrjsonSerializer, job_class=TapeJob)
+        worker.work(burst=True, logging_level="WARNING")
         job.refresh()
         assert job.get_status() == JobStatus.FAILED
         assert job.meta[PROBLEM_META]["type"] == "https://tapeserve.dev/problems/time-limit-exceeded"

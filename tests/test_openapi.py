@@ -1,7 +1,7 @@
 """`openapi.yaml` against the service: a valid description of every route, and true of every answer.
 
 Each documented (path, method, status) has at least one scenario here that makes the running app
-(over the real Redis, with RQ's SimpleWorker in this process) give that status; the answer's media
+(over the real Redis, with the worker's RQ worker in this process) give that status; the answer's media
 type, headers and body are then checked against the spec, with every documented object closed
 (`additionalProperties: false`), so a field the spec does not name fails too.
 """

@@ -20,12 +20,15 @@ from rq.timeouts import JobTimeoutException
 from worker import metrics
 from worker.graph.errors import FieldError, GraphError, InternalError, TapeserveError, TimeLimitExceeded
 from worker.graph.limits import DEFAULT_LIMITS
-from worker.protocol import PROBLEM_META, REQUEST_ID_META
+from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, PROBLEM_META, REQUEST_ID_META
 from worker.runner import InProcessRunner, Runner
 
 log = logging.getLogger("tapeserve.jobs")
 
 _runner: Runner | None = None
+# The request of the job about to run, read by the worker in its preparation transaction
+# (tapeworker.TapeWorker); a job run by another worker reads its own.
+_handed_over: dict[str, bytes | None] = {}
 
 
 def install_runner(runner: Runner | None) -> None:
@@ -92,14 +95,30 @@ def _run(kind: str, payload_key: str) -> orjson.Fragment:
         )
 
 
+def payload_key_of(job: Job) -> str | None:
+    """The key of the request a job of ours runs on (None for any other job)."""
+    if job.func_name in (JOB_FUNCTION, BATCH_FUNCTION) and len(job.args) == 1 and isinstance(job.args[0], str):
+        return job.args[0]
+    return None
+
+
+def hand_over(key: str, payload: bytes | None) -> None:
+    """Give the next job its request, read (and deleted) by the worker with the job's start."""
+    _handed_over.clear()
+    _handed_over[key] = payload
+
+
 def _take_payload(job: Job | None, key: str) -> bytes:
-    """Read the stored request and delete it, in one round trip (a job runs once)."""
+    """Take the stored request (a job runs once): as handed over, or read and deleted in one round trip."""
     if job is None:
         raise InternalError([], detail="internal error: no current job")
-    with job.connection.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.unlink(key)
-        payload, _ = pipe.execute()
+    if key in _handed_over:
+        payload = _handed_over.pop(key)
+    else:
+        with job.connection.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.unlink(key)
+            payload, _ = pipe.execute()
     if payload is None:
         raise GraphError(FieldError("", "the request expired before a worker could take it; send it again"))
     return bytes(payload)

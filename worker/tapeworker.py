@@ -1,0 +1,319 @@
+"""The RQ worker: runs tapeserve's jobs in its warm TensorFlow process, lean on Redis round trips.
+
+RQ's own worker is built for long jobs, where a dozen Redis round trips of bookkeeping per
+job do not matter. Here a job often takes a millisecond, so the bookkeeping is the job: the
+worker below keeps RQ's data model (statuses, registries, executions, results, heartbeats;
+rq-dashboard and the API read them as RQ writes them) but writes it in fewer round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions
+from redis.client import Pipeline
+from rq import Queue, SimpleWorker, worker_registration
+from rq.executions import Execution
+from rq.job import Job, JobStatus, _job_stack
+from rq.registry import StartedJobRegistry
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from worker import jobs
+from worker.runner import WAIT_SLICE_S, TensorFlowProcess
+
+log = logging.getLogger("tapeserve.worker")
+
+# How a worker killed with SIGKILL (or its host lost) is noticed. RQ's defaults are built for
+# long jobs: a running job's registry entry would outlive its dead worker by the job timeout
+# plus 60 s, and an idle worker cleans registries every 10 minutes. Here a running job is
+# heartbeaten every JOB_HEARTBEAT_S, so its entry can be short-lived, and every worker cleans
+# often; the numbers below make the lost-job bound a few seconds.
+WORKER_TTL_S = 20  # a worker silent this long is gone: its key expires and the API stops counting it
+JOB_HEARTBEAT_S = WAIT_SLICE_S  # a running job's registry entry is refreshed this often (2 s)
+JOB_HEARTBEAT_TTL_S = 8  # ...and expires this long after its last refresh: four missed beats
+MAINTENANCE_INTERVAL_S = 3  # how often a worker moves abandoned (expired) jobs to failed
+# A job whose worker dies reaches `failed` (the API shows "worker-lost") within this time:
+# its entry expires at most JOB_HEARTBEAT_TTL_S after the death, and an idle worker of the same
+# pool runs its next cleaning pass at most MAINTENANCE_INTERVAL_S later; 1 s for the pass itself
+# and RQ's whole-second scores. Measured: 8 s for a worker killed 1 s into a job (asserted in
+# tests/test_faults.py). If every surviving worker is busy, the pass runs when its current job
+# ends (at most the time limit later); if none survives, when a worker of that pool starts.
+LOST_JOB_BOUND_S = JOB_HEARTBEAT_TTL_S + MAINTENANCE_INTERVAL_S + 1
+RESTART_BACKOFF_S = 2.0  # between restarts of a worker process that exited by itself
+REDIS_RETRY_FIRST_S = 0.5  # first wait after Redis stops answering; doubled on each failure
+REDIS_RETRY_MAX_S = 5.0  # ...up to this: a restarted Redis is found again within ~5 s
+REDIS_CONNECT_TIMEOUT_S = 2.0  # Redis answers a connect in milliseconds; no answer means it is away
+# RQ refreshes the worker's key three times per job and checks for `rq suspend` before each:
+# four round trips a job, where once a second keeps the key (WORKER_TTL_S) just as alive and
+# a suspension is noticed within the second.
+HEARTBEAT_MIN_S = 1.0
+SUSPENSION_CHECK_S = 1.0
+
+# What a lost connection to Redis raises; redis-py has already retried the command by then.
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class TapeWorker(SimpleWorker):
+    """An RQ worker that runs jobs in-process and outlives its TF process and Redis restarts.
+
+    It stops a job by killing the TensorFlow process, heartbeats during long jobs (so that a
+    dead worker's job is noticed in seconds), and has a warm TF process before each dequeue.
+    RQ's own loop retries only a failed dequeue; any other Redis error (while recording a job's
+    outcome, cleaning registries, checking for suspension) ends `work()`. Here each of those
+    waits for Redis instead and registers the worker again, since a restarted Redis without
+    persistence has forgotten it.
+    """
+
+    max_connection_wait_time = REDIS_RETRY_MAX_S  # RQ's backoff around a failed dequeue
+
+    def __init__(self, *args: Any, runner: TensorFlowProcess | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.runner = runner
+        self._running_job: Job | None = None
+        self._preparing: Pipeline | None = None  # prepare_execution's commands, sent with the job's preparation
+        self._suspension_checked = -math.inf  # time.monotonic() of the last check
+        if runner is not None:
+            runner.on_wait = self._keep_alive
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # An idle worker blocks on the queues this long, then heartbeats and, when due, cleans
+        # registries; RQ's default (worker_ttl - 15 s) would delay that cleaning pass.
+        return MAINTENANCE_INTERVAL_S
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        # RQ's SimpleWorker keeps the entry for the job timeout + 60 s, since it cannot
+        # heartbeat during a job; this one can (`_keep_alive`, called by the runner).
+        return JOB_HEARTBEAT_TTL_S
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # RQ's stop-job command lands here; our "horse" is the TensorFlow process.
+        if self.runner is not None:
+            self.runner.kill()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job; then, before the next one, have a warm TF process (after a crash, say)."""
+        self._running_job = job
+        try:
+            super().execute_job(job, queue)
+        except REDIS_ERRORS as exc:
+            log.error("job %s: Redis went away before its outcome was recorded", job.id)
+            self.wait_for_redis(exc)
+        finally:
+            self._running_job = None
+        if self.runner is not None and not self._stop_requested:
+            self.runner.ensure_warm()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """Refresh this worker's registration for WORKER_TTL_S (RQ would add 60 s), in one round trip."""
+        if pipeline is not None:
+            super().heartbeat(self.worker_ttl, pipeline=pipeline)
+            return
+        if self.last_heartbeat is not None and (now() - self.last_heartbeat).total_seconds() < HEARTBEAT_MIN_S:
+            return
+        try:
+            recreated = self._beat()
+        except REDIS_ERRORS as exc:
+            self.wait_for_redis(exc)
+            return
+        if recreated:
+            log.warning("worker %s: its registration was gone (Redis restarted?); registering again", self.name)
+            self._register_again()
+
+    # The lean path of a job: RQ writes the same keys, fields and registries, in three round
+    # trips (dequeue, preparation with the request, outcome) instead of eleven. Measured with
+    # redis-cli MONITOR on the contract's example 3; see the commit that added it.
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        """Write the worker's state, unless it is already what Redis holds (RQ writes `idle` twice a job)."""
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline=pipeline)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """Queue the execution's records; `prepare_job_execution` sends them with its own."""
+        pipe = self.connection.pipeline()
+        self.execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self._preparing = pipe
+        return self.execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """Mark the job started, persist its key and read its request, in one transaction.
+
+        RQ sends the execution, the start and Job.perform's PERSIST in three round trips, and
+        the job function would read its request in a fourth.
+        """
+        pipe, self._preparing = self._preparing or self.connection.pipeline(), None
+        with pipe:
+            self.set_current_job_id(job.id, pipeline=pipe)
+            self.set_current_job_working_time(0, pipeline=pipe)
+            ttl = self.get_heartbeat_ttl(job)
+            self.heartbeat(ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            if remove_from_intermediate_queue:
+                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipe.persist(job.key)
+            key = jobs.payload_key_of(job)
+            if key is not None:
+                pipe.get(key)
+                pipe.unlink(key)
+            replies = pipe.execute()
+        if isinstance(job, TapeJob):
+            job.persisted = True
+        if key is not None:
+            jobs.hand_over(key, replies[-2])
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """Note the end; a success's last job heartbeat goes with its outcome, not alone."""
+        if job.get_status(refresh=False) == JobStatus.FAILED:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        """Record the result, as RQ does, in one transaction.
+
+        RQ first WATCHes and reads the job's dependents (two round trips) to enqueue them;
+        tapeserve's jobs have none (the API, the only producer on these queues, never
+        enqueues with depends_on). A repeating job takes RQ's own path.
+        """
+        if job.repeats_left is not None:
+            super().handle_job_success(job, queue, started_job_registry)
+            return
+        assert job.started_at is not None and job.ended_at is not None  # set by perform_job
+        with self.connection.pipeline() as pipe:
+            job.heartbeat(job.ended_at, 0, pipeline=pipe)  # what handle_execution_ended sends alone
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            if result_ttl != 0:
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipe,
+                    worker_name=self.name,
+                    execution_id=self.execution.id if self.execution else None,
+                    execution_started_at=self.execution.created_at if self.execution else None,
+                    execution_ended_at=job.ended_at,
+                )
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipe)
+            self.set_state(WorkerStatus.IDLE, pipeline=pipe)  # SimpleWorker would send it alone next
+            pipe.execute()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        while True:  # Redis may have gone since `work` saw it
+            try:
+                return super().bootstrap(*args, **kwargs)
+            except REDIS_ERRORS as exc:
+                self.wait_for_redis(exc, register=False)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while True:  # RQ retries a ConnectionError from the dequeue itself, not a TimeoutError
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except REDIS_ERRORS as exc:
+                self.wait_for_redis(exc)
+                if self._stop_requested:
+                    return None
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_ERRORS as exc:
+            self.wait_for_redis(exc)
+            # A pass cut short keeps RQ's per-queue lock for 15 minutes, and with it every
+            # worker's cleaning, which the lost-job bound relies on.
+            try:
+                for queue in self.queues:
+                    queue.release_maintenance_lock()
+            except REDIS_ERRORS:
+                pass  # the next pass meets the outage again and waits there
+
+    def check_for_suspension(self, burst: bool) -> None:
+        if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK_S:
+            return
+        self._suspension_checked = time.monotonic()
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_ERRORS as exc:
+            self.wait_for_redis(exc)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        except REDIS_ERRORS as exc:
+            log.warning("could not unregister (%s); the registration expires within %d s", exc, self.worker_ttl)
+
+    def wait_for_redis(self, exc: Exception, *, register: bool = True) -> None:
+        """Retry with backoff until Redis answers again, then register again; TF stays warm."""
+        retry_redis(self._register_again if register else self.connection.ping, exc, lambda: self._stop_requested)
+
+    def _beat(self) -> bool:
+        """Heartbeat in one round trip; say whether the registration had to be created anew."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(self.worker_ttl, pipeline=pipe)
+            created = pipe.execute()[0]
+        return bool(created)
+
+    def _register_again(self) -> None:
+        """Write this worker's registration afresh (after Redis lost it, or was away)."""
+        self.last_heartbeat = now()
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state() or WorkerStatus.IDLE})
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl)
+            pipe.execute()
+
+    def _keep_alive(self) -> None:
+        """Heartbeat while TF runs a long job or warms up, so that neither reads as a lost worker."""
+        try:
+            if self._running_job is not None and self.execution is not None:
+                self.maintain_heartbeats(self._running_job)
+            elif self._beat():
+                self._register_again()
+        except REDIS_ERRORS as exc:  # the job goes on; its outcome is recorded if Redis is back by then
+            log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
+
+
+def retry_redis(attempt: Callable[[], Any], exc: Exception, stopping: Callable[[], bool] = lambda: False) -> None:
+    """Log `exc`, then retry `attempt` with backoff until it gets through to Redis (or `stopping()`)."""
+    delay = REDIS_RETRY_FIRST_S
+    retry = 1
+    while not stopping():
+        log.warning("Redis unreachable (%s: %s); retry %d in %.1f s", type(exc).__name__, exc, retry, delay)
+        time.sleep(delay)
+        try:
+            attempt()
+        except REDIS_ERRORS as again:
+            exc, retry, delay = again, retry + 1, min(delay * 2, REDIS_RETRY_MAX_S)
+            continue
+        log.warning("Redis reachable again after %d retries", retry)
+        return
+
+
+class TapeJob(Job):
+    """An RQ job whose key the worker made persistent in its preparation transaction.
+
+    RQ's `Job.perform` sends PERSIST in a round trip of its own before running the function.
+    """
+
+    persisted = False
+
+    def perform(self) -> Any:
+        if not self.persisted:
+            return super().perform()
+        _job_stack.push(self)  # what get_current_job() reads, as in RQ's perform
+        try:
+            self._result = self._execute()
+        finally:
+            _job_stack.pop()
+        return self._result
