@@ -130,3 +130,12 @@ def test_a_job_costs_the_lean_worker_a_third_of_rqs_round_trips(counted: Redis) 
     print(f"MEASURED round trips per job: lean {lean:.1f}, RQ's SimpleWorker {stock:.1f}")
     assert lean <= 5
     assert stock >= 2.5 * lean
+
+
+def test_a_job_of_ours_is_fetched_with_its_request_which_runs_once(counted: Redis) -> None:
+    enqueue(counted, "mine", EXAMPLE_1)
+    job = TapeJob.fetch("mine", connection=counted, serializer=OrjsonSerializer)
+    assert job.fetched_payload == orjson.dumps(EXAMPLE_1)
+    make_worker(TapeWorker, counted, "w-mine").work(burst=True, logging_level="WARNING")
+    assert Job.fetch("mine", connection=counted, serializer=OrjsonSerializer).get_status() == JobStatus.FINISHED
+    assert not counted.exists(payload_key("mine"))  # deleted with the job's start

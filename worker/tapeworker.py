@@ -13,11 +13,14 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis.exceptions
+from redis import Redis
 from redis.client import Pipeline
 from rq import Queue, SimpleWorker, worker_registration
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus, _job_stack
 from rq.registry import StartedJobRegistry
@@ -25,6 +28,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from worker import jobs
+from worker.protocol import payload_key
 from worker.runner import WAIT_SLICE_S, TensorFlowProcess
 
 log = logging.getLogger("tapeserve.worker")
@@ -77,6 +81,9 @@ class TapeWorker(SimpleWorker):
         self.runner = runner
         self._running_job: Job | None = None
         self._preparing: Pipeline | None = None  # prepare_execution's commands, sent with the job's preparation
+        # Sends a job's preparation while its TensorFlow process already runs it (see below).
+        self._bookkeeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tapeserve-prepare")
+        self._prepared: Future[Any] | None = None
         self._suspension_checked = -math.inf  # time.monotonic() of the last check
         if runner is not None:
             runner.on_wait = self._keep_alive
@@ -145,34 +152,48 @@ class TapeWorker(SimpleWorker):
         return self.execution
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """Mark the job started, persist its key and read its request, in one transaction.
+        """Mark the job started and persist its key in one transaction, sent while TensorFlow runs.
 
-        RQ sends the execution, the start and Job.perform's PERSIST in three round trips, and
-        the job function would read its request in a fourth.
+        RQ sends the execution, the start and Job.perform's PERSIST in three round trips before
+        the job runs. A job of ours came with its request (TapeJob.fetch), so nothing here is
+        needed to run it: the transaction goes from a helper thread while the job runs, and
+        its outcome waits for it (`_await_prepared`), so the order RQ writes in is kept.
         """
         pipe, self._preparing = self._preparing or self.connection.pipeline(), None
+        self.set_current_job_id(job.id, pipeline=pipe)
+        self.set_current_job_working_time(0, pipeline=pipe)
+        ttl = self.get_heartbeat_ttl(job)
+        self.heartbeat(ttl, pipeline=pipe)
+        job.heartbeat(now(), ttl, pipeline=pipe)
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        if remove_from_intermediate_queue:
+            pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+        pipe.persist(job.key)
+        key = jobs.payload_key_of(job)
+        if key != payload_key(job.id) or not isinstance(job, TapeJob) or not job.fetched_payload:
+            with pipe:
+                pipe.execute()
+            return
+        pipe.unlink(key)  # a job runs once
+        job.persisted = True
+        jobs.hand_over(key, job.fetched_payload)
+        job.fetched_payload = None
+        self._prepared = self._bookkeeper.submit(self._send, pipe)
+
+    @staticmethod
+    def _send(pipe: Pipeline) -> None:
         with pipe:
-            self.set_current_job_id(job.id, pipeline=pipe)
-            self.set_current_job_working_time(0, pipeline=pipe)
-            ttl = self.get_heartbeat_ttl(job)
-            self.heartbeat(ttl, pipeline=pipe)
-            job.heartbeat(now(), ttl, pipeline=pipe)
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            if remove_from_intermediate_queue:
-                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
-            pipe.persist(job.key)
-            key = jobs.payload_key_of(job)
-            if key is not None:
-                pipe.get(key)
-                pipe.unlink(key)
-            replies = pipe.execute()
-        if isinstance(job, TapeJob):
-            job.persisted = True
-        if key is not None:
-            jobs.hand_over(key, replies[-2])
+            pipe.execute()
+
+    def _await_prepared(self) -> None:
+        """Wait for the running job's preparation to reach Redis; raise its error, if any."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.result()
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """Note the end; a success's last job heartbeat goes with its outcome, not alone."""
+        self._await_prepared()
         if job.get_status(refresh=False) == JobStatus.FAILED:
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
@@ -247,6 +268,7 @@ class TapeWorker(SimpleWorker):
             self.wait_for_redis(exc)
 
     def teardown(self) -> None:
+        self._bookkeeper.shutdown(wait=True)  # a preparation in flight reaches Redis first
         try:
             super().teardown()
         except REDIS_ERRORS as exc:
@@ -276,6 +298,7 @@ class TapeWorker(SimpleWorker):
     def _keep_alive(self) -> None:
         """Heartbeat while TF runs a long job or warms up, so that neither reads as a lost worker."""
         try:
+            self._await_prepared()
             if self._running_job is not None and self.execution is not None:
                 self.maintain_heartbeats(self._running_job)
             elif self._beat():
@@ -307,6 +330,24 @@ class TapeJob(Job):
     """
 
     persisted = False
+    fetched_payload: bytes | None = None
+
+    @classmethod
+    def fetch(cls, id: str, connection: Redis | None = None, serializer: Any = None) -> TapeJob:
+        """Read the job and, in the same round trip, the request it runs on (if it is one of ours).
+
+        The worker fetches a job to run it; its request is what it needs next.
+        """
+        job = cls(id, connection=connection, serializer=serializer)
+        with job.connection.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job.key)
+            pipe.get(payload_key(job.id))
+            data, payload = pipe.execute()
+        if not data:
+            raise NoSuchJobError(f"No such job: {job.key}")
+        job.restore(data)
+        job.fetched_payload = payload
+        return job
 
     def perform(self) -> Any:
         if not self.persisted:
