@@ -39,3 +39,26 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+# After a large request or answer, give the freed heap back to the OS. glibc keeps what a
+# 10 MB body, its parsed values and its result freed, in the arena of the thread that served
+# it (measured: a worker stayed at 207 MB after four 1000x1000 JSON round trips, 47 MB before
+# them; with this, 80-90 MB). malloc_trim(0) takes ~1 ms, so small requests skip it.
+TRIM_AFTER_BYTES = 1 << 20  # a body sent or received at least this large (1 MiB)
+
+
+def post_request(worker, req, environ, resp):  # type: ignore[no-untyped-def]
+    length = environ.get("CONTENT_LENGTH") or "0"
+    received = int(length) if length.isdigit() else 0
+    if max(received, getattr(resp, "sent", 0) or 0) >= TRIM_AFTER_BYTES:
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass

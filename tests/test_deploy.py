@@ -669,3 +669,23 @@ def test_published_ports_are_on_loopback_only() -> None:
     for name, service in services().items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_gunicorn_trims_the_heap_after_large_requests_and_answers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    trimmed: list[bool] = []
+    conf["post_request"].__globals__["_malloc_trim"] = lambda: trimmed.append(True)
+    big, small = str(conf["TRIM_AFTER_BYTES"]), "120"
+    conf["post_request"](None, None, {"CONTENT_LENGTH": small}, SimpleNamespace(sent=300))
+    assert trimmed == []
+    conf["post_request"](None, None, {"CONTENT_LENGTH": big}, SimpleNamespace(sent=300))
+    conf["post_request"](None, None, {}, SimpleNamespace(sent=int(big)))
+    assert trimmed == [True, True]
+    # the real one runs without error, glibc or not
+    runpy.run_path(str(ROOT / "gunicorn.conf.py"))["_malloc_trim"]()
