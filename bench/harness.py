@@ -191,19 +191,19 @@ def hammer(url: str, doc: Any, clients: int, seconds: float) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
 
     def loop(k: int) -> None:
-        http = Connection(f"{parts.scheme}://{parts.netloc}")
+        conn = Connection(f"{parts.scheme}://{parts.netloc}")
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
-                ok = http.request("POST", parts.path, body, JSON_HEADERS)[0] == 200
+                ok = conn.request("POST", parts.path, body, JSON_HEADERS)[0] == 200
             except (OSError, http.client.HTTPException):
                 ok = False
-                http.close()
+                conn.close()
             if ok:
                 latencies[k].append(time.perf_counter() - started)
             else:
                 errors[k] += 1
-        http.close()
+        conn.close()
 
     threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
     started = time.monotonic()

@@ -112,6 +112,11 @@ TARGETS = [
         _ratio_target(["example1", "example2", "example3"], 1.5),
     ),
     Target("engine, MLP", "≤ 1.2 × (a)", _ratio_target(["mlp"], 1.2)),
+    Target(
+        "engine, MLP with b64 tensors (a comparison, not in issue 5)",
+        "≤ 1.2 × (a)",
+        _ratio_target(["mlp_b64"], 1.2),
+    ),
     Target("engine, 200-op chain seen before (new values)", "≤ 0.25 × (a)", _ratio_target(["chain_seen"], 0.25)),
     Target("HTTP, example 3, one client", "p50 ≤ 3 ms, p99 ≤ 10 ms", _http_single),
     Target("HTTP, 16 clients, example 3", "≥ 200 req/s, p99 ≤ 100 ms, no errors", _http_load),

@@ -176,6 +176,20 @@ def _mlp_case(i: int) -> dict[str, Any]:
     return {"tensors": tensors, "expression": MLP_EXPRESSION, "sources": ["w1", "w2"]}
 
 
+def _mlp_b64_case(i: int) -> dict[str, Any]:
+    """The MLP with its tensors (and results) as raw little-endian bytes: no JSON numbers to read."""
+    arrays = _mlp_arrays(i % VALUE_VARIANTS)
+    tensors = {
+        n: {
+            "b64": base64.b64encode(a.astype("<f4").tobytes()).decode("ascii"),
+            "dtype": "float32",
+            "shape": list(a.shape),
+        }
+        for n, a in zip(MLP_SHAPES, arrays, strict=True)
+    }
+    return {"tensors": tensors, "expression": MLP_EXPRESSION, "sources": ["w1", "w2"], "encoding": "b64"}
+
+
 @functools.cache
 def _large_json() -> dict[str, Any]:
     return {
@@ -216,6 +230,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("example3", "example 3, first sight", lambda i: renamed(EXAMPLE_3, f"s{i}"), _fixed(example_3)),
         Workload("example3_repeat", "example 3, same document", lambda i: EXAMPLE_3, _fixed(example_3)),
         Workload("mlp", "MLP 64x128->256->10", _mlp_case, _fixed(mlp), kind="medium"),
+        Workload("mlp_b64", "MLP, b64 tensors", _mlp_b64_case, _fixed(mlp), peer="mlp", kind="medium"),
         Workload(
             "chain_first",
             "200-op chain, first sight",
