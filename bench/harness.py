@@ -224,6 +224,17 @@ def hammer(url: str, doc: Any, clients: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def redis_answers(url: str) -> bool:
+    """Whether a Redis server answers PING at `url` (not yet listening: False, not an error)."""
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    try:
+        return bool(Redis.from_url(url).ping())
+    except RedisConnectionError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -300,9 +311,7 @@ class Stack:
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         proc = self.spawn("redis", argv, cwd=self.logdir)
         url = f"redis://127.0.0.1:{port}/0"
-        from redis import Redis
-
-        wait_until(lambda: bool(Redis.from_url(url).ping()), 10, "redis-server", proc)
+        wait_until(lambda: redis_answers(url), 10, "redis-server", proc)
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "REDIS_URL": url}
         return url
 

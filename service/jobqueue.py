@@ -20,6 +20,9 @@ from rq.worker_registration import clean_worker_registry
 from worker.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 
 SUCCESSFUL = str(Result.Type.SUCCESSFUL.value).encode()
+# A pool without a worker is counted again after this long, not after worker_check_s: a worker
+# that has just started is served at once (a few Redis reads at most ten times a second).
+NO_WORKER_RECHECK_S = 0.1
 PAYLOAD_MARGIN_S = 60  # a stored request outlives its job's queue TTL and time limit by this
 
 # RQ's statuses, as the contract names them.
@@ -72,10 +75,10 @@ class JobQueue:
         self._workers: dict[str, int] = {}
         self._workers_at = 0.0
 
-    def workers(self) -> dict[str, int]:
-        """Count live workers per pool (reused for `worker_check_s`; dead ones are cleaned out)."""
+    def workers(self, max_age_s: float | None = None) -> dict[str, int]:
+        """Count live workers per pool (reused for `worker_check_s` or `max_age_s`; dead ones are cleaned out)."""
         now = time.monotonic()
-        if now - self._workers_at > self.worker_check_s:
+        if now - self._workers_at > (self.worker_check_s if max_age_s is None else max_age_s):
             counts = {}
             for pool in POOLS:
                 queue = self.queues[pool]
@@ -85,8 +88,12 @@ class JobQueue:
         return self._workers
 
     def has_worker(self, device: str) -> bool:
-        counts = self.workers()
-        return sum(counts.values()) > 0 if device == "any" else counts.get(device, 0) > 0
+        """Whether a live worker serves the pool; a "no" is checked again soon (a worker may just have started)."""
+
+        def serves(counts: dict[str, int]) -> bool:
+            return sum(counts.values()) > 0 if device == "any" else counts.get(device, 0) > 0
+
+        return serves(self.workers()) or serves(self.workers(max_age_s=NO_WORKER_RECHECK_S))
 
     def enqueue(self, function: str, payload: bytes, *, device: str, meta: dict[str, Any]) -> Job:
         """Store the request and queue its job, under an unguessable id, in one round trip."""

@@ -95,6 +95,20 @@ def test_no_worker_for_the_pool_is_503_and_nothing_is_queued(client: Any, redis:
     assert not redis.keys("rq:job:*")
 
 
+def test_a_worker_that_has_just_started_is_served_at_once(
+    redis: Any, redis_server: Any, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import create_app, jobqueue
+
+    # Counts are reused for a minute here; only a "no worker" answer is looked at again soon.
+    app = create_app({"TESTING": True, "REDIS_URL": redis_server.url, "DEFAULT_WAIT_S": 0, "WORKER_CHECK_S": 60})
+    client = app.test_client()
+    monkeypatch.setattr(jobqueue, "NO_WORKER_RECHECK_S", 0.0)
+    assert_problem(submit(client, EXAMPLE_1), 503)
+    worker.register()
+    assert submit(client, EXAMPLE_1).status_code == 202
+
+
 def test_gpu_request_without_a_gpu_worker_is_503(client: Any, worker: Any) -> None:
     worker.register("cpu")
     response = submit(client, {**EXAMPLE_1, "device": "gpu"})
