@@ -62,13 +62,14 @@ class Plan:
     budget_s: float  # of timed iterations per mode and workload: a slow mode stops early
     seconds: float  # of the concurrent-clients test, per mode
     batch_runs: int  # timed batches per mode
+    one_client: tuple[int, int]  # (rounds, requests per block) of the back-to-back single client
     clients: int = 16
     batch_size: int = 1_000
 
 
 PLANS = {
-    "full": Plan({"small": (5, 200), "medium": (5, 100), "chain": (3, 30), "large": (1, 5)}, 10.0, 10.0, 3),
-    "quick": Plan({"small": (3, 40), "medium": (3, 20), "chain": (3, 8), "large": (0, 2)}, 3.0, 3.0, 1),
+    "full": Plan({"small": (5, 200), "medium": (5, 100), "chain": (3, 30), "large": (1, 5)}, 10.0, 10.0, 3, (10, 100)),
+    "quick": Plan({"small": (3, 40), "medium": (3, 20), "chain": (3, 8), "large": (0, 2)}, 3.0, 3.0, 1, (4, 50)),
 }
 
 
@@ -112,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry = measure_workload(WORKLOADS[name], plan, api, naive)
             result["workloads"][name] = entry
             progress(name, entry["modes"])
+        if not args.only or "example3_repeat" in args.only:
+            result["one_client"] = back_to_back(api, naive, plan)
+            progress("one client", {m: {"ms": r} for m, r in result["one_client"].items()})
         if not args.only:
             result["concurrency"] = {
                 "c": hammer(api_base + "/v1/gradients", EXAMPLE_3, plan.clients, plan.seconds),
@@ -157,6 +161,26 @@ def measure_workload(w: Workload, plan: Plan, api: Client, naive: Client) -> dic
     if w.peer is not None:
         entry["modes"]["d"] = {"skipped": f"the naive app speaks JSON only; its peer is {w.peer}'s (d)"}
     return entry
+
+
+def back_to_back(api: Client, naive: Client, plan: Plan) -> dict[str, Any]:
+    """Time one client sending example 3 again and again, nothing else running: (c) and (d) in blocks.
+
+    The interleaved table runs (a), (b) and (d) between two requests to the service, so the
+    service sits idle ~5 ms before each one, as it would for a client with think time; this
+    is the other reading of "one client": a closed loop with none. Blocks take turns.
+    """
+    rounds, per_block = plan.one_client
+    samples: dict[str, list[float]] = {"c": [], "d": []}
+    send = {"c": lambda: api.post("/v1/gradients", EXAMPLE_3), "d": lambda: naive.post("/v1/example3", EXAMPLE_3)}
+    for _ in range(rounds):
+        for mode, post in send.items():
+            post()  # the first of a block follows the other server's block
+            for _ in range(per_block):
+                started = time.perf_counter()
+                post()
+                samples[mode].append(time.perf_counter() - started)
+    return {mode: summarize(s) for mode, s in samples.items()}
 
 
 def measure_batch(plan: Plan, api: Client, naive: Client) -> dict[str, Any]:

@@ -111,6 +111,10 @@ FAKE_RESULT: dict[str, Any] = {
 }
 
 
+def ms(p50: float, p99: float) -> dict[str, float]:
+    return {"n": 100, "p50": p50, "p99": p99, "mean": p50, "min": p50, "max": p99}
+
+
 def test_the_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     markdown = report.write(FAKE_RESULT, tmp_path)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
@@ -122,5 +126,12 @@ def test_the_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert rows["batch of 1,000 small graphs"].endswith("| not measured | — |")
     assert "| example 1, first sight | 2.00× | 8.00× | 4.00× | 2.00× |" in markdown
     assert report.ratios(FAKE_RESULT, "large_b64")["c/d"] == pytest.approx(0.1)  # against its peer's (d)
+    assert rows["HTTP, example 3, one client"].endswith("| not measured | — |")
+    looped = {**FAKE_RESULT, "one_client": {"c": ms(2.5, 9.0), "d": ms(2.0, 4.0)}}
+    markdown = report.write(looped, tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "p50 2.50 ms, p99 9.00 ms" in rows["HTTP, example 3, one client"]
+    assert rows["HTTP, example 3, one client"].endswith("| pass |")
+    assert "(c)/(d): 1.25×" in markdown
     assert (tmp_path / "latest.json").stat().st_size > 0
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
