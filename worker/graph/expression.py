@@ -89,10 +89,10 @@ def parse_expression(text: Any, registry: Registry, limits: Limits, reserved: Co
         raise _too_deep(limits, skip + at)
     try:
         tree = ast.parse(source.text, mode="eval")
-        depth, node = _syntax_depth(tree.body)
+        depth, node, names = _syntax_depth(tree.body)
         if depth > limits.max_expression_depth:
             raise _too_deep(limits, source.at(node))
-        reserved = {*reserved, *(n.id for n in ast.walk(tree) if isinstance(n, ast.Name))}
+        reserved = {*reserved, *names}
         builder = _Builder(source, registry, limits, reserved)
         target = builder.tensor(tree.body)
     except SyntaxError as e:  # IndentationError and TabError are SyntaxErrors too
@@ -137,17 +137,30 @@ def _bracket_depth(text: str) -> tuple[int, int]:
     return deepest, at
 
 
-def _syntax_depth(root: ast.expr) -> tuple[int, ast.expr]:
-    """Return how deep expression nodes nest under `root`, and the deepest node (no recursion)."""
+def _syntax_depth(root: ast.expr) -> tuple[int, ast.expr, set[str]]:
+    """Return how deep expression nodes nest under `root`, the deepest node, and the names used.
+
+    One walk without recursion; ast.iter_child_nodes is inlined (it is most of the cost).
+    """
     deepest, where = 0, root
+    names: set[str] = set()
     stack: list[tuple[ast.AST, int]] = [(root, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, ast.expr) and depth > deepest:
-            deepest, where = depth, node
-        for child in ast.iter_child_nodes(node):
-            stack.append((child, depth + 1 if isinstance(child, ast.expr) else depth))
-    return deepest, where
+        if isinstance(node, ast.expr):
+            if depth > deepest:
+                deepest, where = depth, node
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+        for field in node._fields:
+            child = getattr(node, field, None)
+            if isinstance(child, ast.AST):
+                stack.append((child, depth + 1 if isinstance(child, ast.expr) else depth))
+            elif isinstance(child, list):
+                stack.extend(
+                    (c, depth + 1 if isinstance(c, ast.expr) else depth) for c in child if isinstance(c, ast.AST)
+                )
+    return deepest, where, names
 
 
 class _Source:
