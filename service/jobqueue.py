@@ -10,7 +10,6 @@ from typing import Any
 
 import orjson
 from redis import Redis
-from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -96,14 +95,8 @@ class JobQueue:
 
         return serves(self.workers()) or serves(self.workers(max_age_s=NO_WORKER_RECHECK_S))
 
-    def enqueue(
-        self, function: str, payload: bytes, *, device: str, meta: dict[str, Any], wait_s: float = 0.0
-    ) -> tuple[Job, dict[bytes, bytes] | None]:
-        """Store the request and queue its job under an unguessable id, then wait up to `wait_s`
-        for its result (XREAD on its stream): all in one round trip.
-
-        Returns the job and its result entry, if one came within the wait.
-        """
+    def enqueue(self, function: str, payload: bytes, *, device: str, meta: dict[str, Any]) -> Job:
+        """Store the request and queue its job, under an unguessable id, in one round trip."""
         job_id = str(uuid.uuid4())
         key = payload_key(job_id)
         with self.connection.pipeline() as pipe:
@@ -122,46 +115,8 @@ class JobQueue:
                 meta=meta,
                 pipeline=pipe,
             )
-            if wait_s <= 0:
-                pipe.execute()
-                return job, None
-            commands = [args for args, _ in pipe.command_stack]
-        return job, self._transact_then_wait(commands, Result.get_key(job_id), wait_s)
-
-    def _transact_then_wait(
-        self, commands: list[tuple[Any, ...]], stream: str, wait_s: float
-    ) -> dict[bytes, bytes] | None:
-        """Send MULTI, the commands, EXEC and a blocking XREAD in one write; return the stream's entry.
-
-        A request that waits for its result would otherwise pay a second round trip (and, on a
-        2-core host, a second wake-up of Redis and of this thread) right after the enqueue:
-        ~0.3-0.5 ms of a ~3 ms answer. redis-py pipelines cannot put a command after EXEC, so
-        this speaks to one pooled connection directly, as redis-py's own transaction does.
-        """
-        block_ms = max(1, int(wait_s * 1000))
-        tail = [("MULTI",), *commands, ("EXEC",), ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", stream, "0-0")]
-        pool = self.connection.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(tail))
-            replies: list[Any] = []
-            for _ in tail:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:  # a command's error reply: read the rest, then raise
-                    replies.append(exc)
-        except BaseException:
-            conn.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            pool.release(conn)
-        done, waited = replies[-2], replies[-1]
-        problems = [r for r in (*replies[:-1], *(done if isinstance(done, list) else [])) if isinstance(r, Exception)]
-        if problems:
-            raise problems[0]
-        if done is None:
-            raise ResponseError("the enqueue transaction was aborted")
-        return _stream_entry(waited)
+            pipe.execute()
+        return job
 
     def fetch(self, job_id: str) -> Job | None:
         try:
@@ -239,20 +194,6 @@ class JobQueue:
             self.connection.unlink(payload_key(job.id))
         else:
             job.delete()
-
-
-def _stream_entry(reply: Any) -> dict[bytes, bytes] | None:
-    """The last entry's fields of a raw XREAD reply (RESP2 lists or RESP3 map), or None on a time-out."""
-    if not reply:
-        return None
-    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
-    entries = streams[0] if streams else []
-    if not entries:
-        return None
-    fields = entries[-1][1]
-    if isinstance(fields, dict):
-        return dict(fields)
-    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def iso(moment: datetime) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -108,38 +107,6 @@ def test_a_worker_that_has_just_started_is_served_at_once(
     assert_problem(submit(client, EXAMPLE_1), 503)
     worker.register()
     assert submit(client, EXAMPLE_1).status_code == 202
-
-
-def test_a_wait_with_no_result_ends_in_202_with_the_job_queued_and_its_request_stored(
-    client: Any, worker: Any, redis: Any
-) -> None:
-    # The enqueue and the wait go in one round trip; with no worker running, the wait runs out.
-    from worker.protocol import payload_key
-
-    worker.register()
-    started = time.monotonic()
-    response = submit(client, EXAMPLE_1, Prefer="wait=0.2")
-    assert time.monotonic() - started >= 0.2
-    assert response.status_code == 202 and response.headers["Preference-Applied"] == "wait=0.2"
-    job_id = response.get_json()["id"]
-    assert redis.exists(payload_key(job_id)) and redis.lrange("rq:queue:tapeserve:any", 0, -1) == [job_id.encode()]
-    worker.work()
-    assert client.get(f"/v1/jobs/{job_id}").get_json()["result"]["gradients"]["x"]["value"] == pytest.approx(6.0)
-
-
-@pytest.mark.parametrize(
-    "reply",
-    [
-        [[b"rq:results:j", [[b"1-0", [b"type", b"1", b"return_value", b"e30="]]]]],  # RESP2
-        {b"rq:results:j": [[b"1-0", [b"type", b"1", b"return_value", b"e30="]]]},  # RESP3
-        {b"rq:results:j": [[b"1-0", {b"type": b"1", b"return_value": b"e30="}]]},
-    ],
-)
-def test_a_raw_xread_reply_gives_the_last_entrys_fields(reply: Any) -> None:
-    from service.jobqueue import _stream_entry
-
-    assert _stream_entry(reply) == {b"type": b"1", b"return_value": b"e30="}
-    assert _stream_entry(None) is None and _stream_entry([]) is None
 
 
 def test_gpu_request_without_a_gpu_worker_is_503(client: Any, worker: Any) -> None:

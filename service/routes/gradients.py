@@ -92,13 +92,13 @@ def submit(function: str, payload: bytes, device: str) -> Response:
             headers={"Retry-After": retry},
         )
     meta = {REQUEST_ID_META: g.get("request_id", ""), OWNER_META: g.get("owner", "")}
-    wait, headers = preferred_wait(parse_prefer(request.headers), current_app.config["DEFAULT_WAIT_S"])
-    job, entry = svc.jobs.enqueue(function, payload, device=device, meta=meta, wait_s=wait)
-    return answer(job, entry, headers)
+    job = svc.jobs.enqueue(function, payload, device=device, meta=meta)
+    return answer(job, parse_prefer(request.headers), current_app.config["DEFAULT_WAIT_S"])
 
 
-def preferred_wait(prefs: Preferences, default_wait: float) -> tuple[float, dict[str, str]]:
-    """How long to wait for the job, as the client prefers, and the Preference-Applied header."""
+def answer(queued: Job, prefs: Preferences, default_wait: float) -> Response:
+    """Wait for the job as preferred; answer with its result, its problem, or 202."""
+    svc = services()
     applied: list[str] = []
     if prefs.respond_async:
         wait = 0.0
@@ -108,14 +108,11 @@ def preferred_wait(prefs: Preferences, default_wait: float) -> tuple[float, dict
         applied.append(f"wait={wait:g}")
     else:
         wait = default_wait
-    return wait, {"Preference-Applied": ", ".join(applied)} if applied else {}
-
-
-def answer(queued: Job, entry: dict[bytes, bytes] | None, headers: dict[str, str]) -> Response:
-    """Answer with the job's result or problem if its wait brought an entry, or else 202."""
-    svc = services()
     location = url_for("jobs.get_job", job_id=queued.id)
-    headers = {"Location": location, **headers}
+    headers = {"Location": location}
+    if applied:
+        headers["Preference-Applied"] = ", ".join(applied)
+    entry = svc.jobs.wait(queued.id, wait)
     if entry is None:
         # Not ended within the wait: say so from what enqueueing returned, without a read.
         return json_response({"id": queued.id, "status": "queued", "created_at": _created(queued)}, 202, headers)
