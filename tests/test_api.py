@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -107,6 +108,22 @@ def test_a_worker_that_has_just_started_is_served_at_once(
     assert_problem(submit(client, EXAMPLE_1), 503)
     worker.register()
     assert submit(client, EXAMPLE_1).status_code == 202
+
+
+def test_a_wait_with_no_result_ends_in_202_with_the_job_queued_and_its_request_stored(
+    client: Any, worker: Any, redis: Any
+) -> None:
+    from worker.protocol import payload_key
+
+    worker.register()
+    started = time.monotonic()
+    response = submit(client, EXAMPLE_1, Prefer="wait=0.2")
+    assert time.monotonic() - started >= 0.2
+    assert response.status_code == 202 and response.headers["Preference-Applied"] == "wait=0.2"
+    job_id = response.get_json()["id"]
+    assert redis.exists(payload_key(job_id)) and redis.lrange("rq:queue:tapeserve:any", 0, -1) == [job_id.encode()]
+    worker.work()
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["result"]["gradients"]["x"]["value"] == pytest.approx(6.0)
 
 
 def test_gpu_request_without_a_gpu_worker_is_503(client: Any, worker: Any) -> None:
