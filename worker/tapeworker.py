@@ -114,6 +114,7 @@ class TapeWorker(SimpleWorker):
             self.wait_for_redis(exc)
         finally:
             self._running_job = None
+            self._settle_prepared()
         if self.runner is not None and not self._stop_requested:
             self.runner.ensure_warm()
 
@@ -133,9 +134,10 @@ class TapeWorker(SimpleWorker):
             log.warning("worker %s: its registration was gone (Redis restarted?); registering again", self.name)
             self._register_again()
 
-    # The lean path of a job: RQ writes the same keys, fields and registries, in three round
-    # trips (dequeue, preparation with the request, outcome) instead of eleven. Measured with
-    # redis-cli MONITOR on the contract's example 3; see the commit that added it.
+    # The lean path of a job: the same keys, fields and registries as RQ's own worker writes,
+    # in three round trips after the dequeue (the fetch, with the job's request; the start,
+    # sent while TensorFlow runs; the outcome) where RQ's worker sends sixteen (counted with
+    # redis-cli MONITOR on the contract's example 3; tests/test_tapeworker.py holds both).
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         """Write the worker's state, unless it is already what Redis holds (RQ writes `idle` twice a job)."""
@@ -190,6 +192,13 @@ class TapeWorker(SimpleWorker):
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
             prepared.result()
+
+    def _settle_prepared(self) -> None:
+        """After a job, let a start still in flight land (a job that failed before its end left it)."""
+        try:
+            self._await_prepared()
+        except REDIS_ERRORS as exc:  # the job's outcome met the same outage and waited for Redis
+            log.warning("a job's start was not recorded (%s: %s)", type(exc).__name__, exc)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """Note the end; a success's last job heartbeat goes with its outcome, not alone."""
