@@ -139,3 +139,18 @@ def test_a_job_of_ours_is_fetched_with_its_request_which_runs_once(counted: Redi
     make_worker(TapeWorker, counted, "w-mine").work(burst=True, logging_level="WARNING")
     assert Job.fetch("mine", connection=counted, serializer=OrjsonSerializer).get_status() == JobStatus.FINISHED
     assert not counted.exists(payload_key("mine"))  # deleted with the job's start
+
+
+def test_a_sent_transaction_reads_its_replies_later_and_raises_the_first_error(counted: Redis) -> None:
+    from redis.exceptions import ResponseError
+
+    from worker.tapeworker import SentTransaction
+
+    sent = SentTransaction(counted, [("SET", "k", "v"), ("INCR", "n")])
+    assert sent.result() == [b"OK", 1]  # EXEC's replies, raw as Redis sends them
+    assert counted.get("k") == b"v" and counted.get("n") == b"1"
+    failing = SentTransaction(counted, [("INCR", "k"), ("SET", "after", "1")])
+    with pytest.raises(ResponseError):
+        failing.result()
+    assert counted.get("after") == b"1"  # Redis ran the rest of the transaction, as MULTI does
+    assert counted.ping()  # the connection went back to the pool clean
