@@ -19,6 +19,8 @@ ITEMSIZE = {
 }
 
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+# TF turns list attrs (begin/end/strides, window sizes, shapes, paddings) into int32 tensors.
+INT32_MIN, INT32_MAX = INT_RANGES["int32"]
 
 
 def is_float(dtype: str) -> bool:

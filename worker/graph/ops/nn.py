@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..dtypes import INT_DTYPES
+from ..dtypes import INT32_MAX, INT_DTYPES
 from ..opspec import (
     AttrSpec,
     Example,
@@ -22,8 +22,6 @@ from ..opspec import (
     reduced,
     require_float,
 )
-
-INT32_MAX = 2**31 - 1  # window sizes, strides and dilations are int32 attrs in TF
 
 
 def _floats(inputs: Sequence[TensorInfo]) -> str:

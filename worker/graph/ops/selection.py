@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..dtypes import FLOAT_DTYPES, INT_DTYPES
+from ..dtypes import FLOAT_DTYPES, INT32_MAX, INT32_MIN, INT_DTYPES
 from ..opspec import (
     AttrSpec,
     Example,
@@ -23,7 +23,6 @@ from ..opspec import (
     normalize_axis,
 )
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # TF turns begin/end/strides into int32 tensors
 MAX_DEPTH = 16_777_216  # one-hot classes: a deeper row could not fit the output limits anyway
 
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..dtypes import FLOAT_DTYPES
+from ..dtypes import FLOAT_DTYPES, INT32_MAX
 from ..opspec import (
     AttrSpec,
     Example,
@@ -22,7 +22,6 @@ from ..opspec import (
     normalize_axis,
 )
 
-INT32_MAX = 2**31 - 1  # TF turns list attrs into int32 tensors; the graph limits bound products
 MAX_OUTPUTS = 1_024  # tensors one unstack or split may make; each is a node the engine tracks
 PAD_MODES = ("CONSTANT", "REFLECT", "SYMMETRIC", "constant", "reflect", "symmetric")  # TF upper-cases
 
