@@ -26,9 +26,9 @@ from worker.runner import InProcessRunner, Runner
 log = logging.getLogger("tapeserve.jobs")
 
 _runner: Runner | None = None
-# The request of the job about to run, read by the worker in its preparation transaction
-# (tapeworker.TapeWorker); a job run by another worker reads its own.
-_handed_over: dict[str, bytes | None] = {}
+# The request of the job about to run, read by the worker with the job itself (TapeJob.fetch);
+# a job run by another worker reads its own.
+_handed_over: dict[str, bytes] = {}
 
 
 def install_runner(runner: Runner | None) -> None:
@@ -102,8 +102,8 @@ def payload_key_of(job: Job) -> str | None:
     return None
 
 
-def hand_over(key: str, payload: bytes | None) -> None:
-    """Give the next job its request, read (and deleted) by the worker with the job's start."""
+def hand_over(key: str, payload: bytes) -> None:
+    """Give the next job its request, read by the worker with the job (and deleted with its start)."""
     _handed_over.clear()
     _handed_over[key] = payload
 

@@ -152,12 +152,13 @@ class TapeWorker(SimpleWorker):
         return self.execution
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """Mark the job started and persist its key in one transaction, sent while TensorFlow runs.
+        """Mark the job started and persist its key in one transaction, its replies read after the job.
 
         RQ sends the execution, the start and Job.perform's PERSIST in three round trips before
-        the job runs. A job of ours came with its request (TapeJob.fetch), so nothing here is
-        needed to run it: the transaction is written now and its replies are read when the job
-        has run (`_await_prepared`), before its outcome is written, so Redis sees RQ's order.
+        the job runs. Nothing here is needed to run the job (a job of ours came with its
+        request: TapeJob.fetch), so the transaction is written now and its replies are read
+        when the job has run (`_await_prepared`), before its outcome is written: Redis sees
+        RQ's order.
         """
         pipe, self._preparing = self._preparing or self.connection.pipeline(), None
         self.set_current_job_id(job.id, pipeline=pipe)
@@ -169,15 +170,13 @@ class TapeWorker(SimpleWorker):
         if remove_from_intermediate_queue:
             pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
         pipe.persist(job.key)
-        key = jobs.payload_key_of(job)
-        if key != payload_key(job.id) or not isinstance(job, TapeJob) or not job.fetched_payload:
-            with pipe:
-                pipe.execute()
-            return
-        pipe.unlink(key)  # a job runs once
-        job.persisted = True
-        jobs.hand_over(key, job.fetched_payload)
-        job.fetched_payload = None
+        if isinstance(job, TapeJob):
+            job.persisted = True
+            key = jobs.payload_key_of(job)
+            if key == payload_key(job.id) and job.fetched_payload:
+                pipe.unlink(key)  # a job runs once
+                jobs.hand_over(key, job.fetched_payload)
+                job.fetched_payload = None
         with pipe:
             self._prepared = SentTransaction(self.connection, [args for args, _ in pipe.command_stack])
 
