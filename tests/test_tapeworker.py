@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection as MPConnection
 from typing import Any
 
 import orjson
@@ -15,7 +16,9 @@ from rq.job import Job, JobStatus
 from tests.conftest import RedisServer
 from tests.test_engine import EXAMPLE_1
 from worker import jobs
+from worker.graph.limits import Limits
 from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, OrjsonSerializer, payload_key, queue_name
+from worker.runner import TensorFlowProcess
 from worker.tapeworker import TapeJob, TapeWorker
 
 pytest.importorskip("tensorflow")  # the jobs run the in-process engine
@@ -154,3 +157,107 @@ def test_a_sent_transaction_reads_its_replies_later_and_raises_the_first_error(c
         failing.result()
     assert counted.get("after") == b"1"  # Redis ran the rest of the transaction, as MULTI does
     assert counted.ping()  # the connection went back to the pool clean
+
+
+# -- a job's task started early, while its start is written ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tf_process() -> Iterator[TensorFlowProcess]:
+    """A real TensorFlow process, as the worker runs jobs in (started once: it takes seconds)."""
+    runner = TensorFlowProcess(Limits(time_limit_s=30))
+    runner.start()
+    yield runner
+    runner.close()
+
+
+def square(x: float) -> bytes:
+    """A request whose answer says which request it was: x * x."""
+    return orjson.dumps({"tensors": {"x": x}, "expression": "x * x", "sources": ["x"]})
+
+
+def target(out: bytes) -> float:
+    return float(orjson.loads(out)["target"]["value"])
+
+
+class SendCounter:
+    """Counts the tasks sent to the TensorFlow process (wraps the real pipe; the process is real)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, on_task: Callable[[bytes], None] = lambda payload: None):
+        self.tasks = 0
+        send = MPConnection.send
+
+        def counting(conn: MPConnection, obj: Any) -> None:
+            if obj is not None:
+                self.tasks += 1
+                on_task(obj[1])
+            send(conn, obj)
+
+        monkeypatch.setattr(MPConnection, "send", counting)
+
+
+def test_a_task_started_early_is_answered_to_its_own_run_and_never_to_another(
+    tf_process: TensorFlowProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = SendCounter(monkeypatch)
+    two, three = square(2.0), square(3.0)
+    tf_process.start_early("graph", two, False)
+    assert target(tf_process.run("graph", two, False)[0]) == 4.0
+    assert sent.tasks == 1  # the run read the early task's answer; it did not send it again
+    # A run of another request (or of an equal copy) waits out the early answer and drops it.
+    tf_process.start_early("graph", two, False)
+    assert target(tf_process.run("graph", three, False)[0]) == 9.0
+    tf_process.start_early("graph", two, False)
+    assert target(tf_process.run("graph", bytes(bytearray(two)), False)[0]) == 4.0
+    assert sent.tasks == 5
+    # A task no run collects is settled: waited out, or killed (the process is replaced).
+    restarts = tf_process.restarts
+    tf_process.start_early("graph", two, False)
+    tf_process.settle_early()
+    assert tf_process.restarts == restarts
+    assert target(tf_process.run("graph", three, False)[0]) == 9.0
+    tf_process.start_early("graph", two, False)
+    tf_process.settle_early(kill=True)
+    assert tf_process.restarts == restarts + 1
+    assert target(tf_process.run("graph", three, False)[0]) == 9.0
+
+
+def test_a_job_whose_start_fails_leaves_no_answer_for_the_next_job(
+    redis: Redis, tf_process: TensorFlowProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class StartFailsOnce(TapeWorker):
+        failed = False
+
+        def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("the job's start could not be recorded")
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+    requests = {square(2.0): "starts-badly", square(3.0): "next"}
+    status_when_sent = {}
+
+    def note_status(payload: bytes) -> None:
+        job_id = requests[payload]
+        status_when_sent[job_id] = Job.fetch(job_id, connection=redis, serializer=OrjsonSerializer).get_status()
+
+    sent = SendCounter(monkeypatch, note_status)
+    for job_id, x in (("starts-badly", 2.0), ("next", 3.0)):
+        redis.set(payload_key(job_id), square(x))
+        queue = Queue(queue_name("cpu"), connection=redis, serializer=OrjsonSerializer)
+        queue.enqueue_call(JOB_FUNCTION, args=(payload_key(job_id),), job_id=job_id, result_ttl=600)
+    jobs.install_runner(tf_process)
+    worker = StartFailsOnce(
+        [queue], connection=redis, serializer=OrjsonSerializer, job_class=TapeJob, runner=tf_process
+    )
+    try:
+        worker.work(burst=True, logging_level="WARNING")
+    finally:
+        jobs.install_runner(None)
+        tf_process.on_wait = None
+    assert Job.fetch("starts-badly", connection=redis, serializer=OrjsonSerializer).get_status() == JobStatus.FAILED
+    done = Job.fetch("next", connection=redis, serializer=OrjsonSerializer)
+    assert done.get_status() == JobStatus.FINISHED
+    assert target(orjson.dumps(done.return_value())) == 9.0
+    assert sent.tasks == 2  # each job's task went to TensorFlow once, before its start was written
+    assert status_when_sent == {"starts-badly": JobStatus.QUEUED, "next": JobStatus.QUEUED}

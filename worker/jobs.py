@@ -25,6 +25,9 @@ from worker.runner import InProcessRunner, Runner
 
 log = logging.getLogger("tapeserve.jobs")
 
+TASK_KINDS = {JOB_FUNCTION: "graph", BATCH_FUNCTION: "batch"}  # what each job function hands the runner
+CHECK_VALUES = False  # the API checked every value of the requests it queues
+
 _runner: Runner | None = None
 # The request of the job about to run, read by the worker with the job itself (TapeJob.fetch);
 # a job run by another worker reads its own.
@@ -47,12 +50,12 @@ def current_runner() -> Runner:
 
 def run_graph(payload_key: str) -> orjson.Fragment:
     """Run the request document stored under `payload_key`; return its result as JSON."""
-    return _run("graph", payload_key)
+    return _run(TASK_KINDS[JOB_FUNCTION], payload_key)
 
 
 def run_batch(payload_key: str) -> orjson.Fragment:
     """Run the batch stored under `payload_key`: a result or a problem for each graph, in order."""
-    return _run("batch", payload_key)
+    return _run(TASK_KINDS[BATCH_FUNCTION], payload_key)
 
 
 def _run(kind: str, payload_key: str) -> orjson.Fragment:
@@ -63,7 +66,7 @@ def _run(kind: str, payload_key: str) -> orjson.Fragment:
     info: dict[str, Any] = {}
     try:
         payload = _take_payload(job, payload_key)
-        out, info = runner.run(kind, payload, check_values=False)  # the API checked every value
+        out, info = runner.run(kind, payload, check_values=CHECK_VALUES)
         # A Fragment is written into RQ's result as it is: the API splices it into its answer.
         return orjson.Fragment(out)
     except TapeserveError as exc:
@@ -95,10 +98,11 @@ def _run(kind: str, payload_key: str) -> orjson.Fragment:
         )
 
 
-def payload_key_of(job: Job) -> str | None:
-    """The key of the request a job of ours runs on (None for any other job)."""
-    if job.func_name in (JOB_FUNCTION, BATCH_FUNCTION) and len(job.args) == 1 and isinstance(job.args[0], str):
-        return job.args[0]
+def task_of(job: Job) -> tuple[str, str] | None:
+    """The task kind ("graph" or "batch") and request key of a job of ours (None for any other job)."""
+    kind = TASK_KINDS.get(job.func_name or "")
+    if kind is not None and len(job.args) == 1 and isinstance(job.args[0], str):
+        return kind, job.args[0]
     return None
 
 
