@@ -28,6 +28,7 @@ from bench.harness import (  # noqa: E402
     HttpError,
     Stack,
     Timing,
+    cpu_s,
     descendants,
     git_info,
     hammer,
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["workloads"][name] = entry
             progress(name, entry["modes"])
         if not args.only or "example3_repeat" in args.only:
-            result["one_client"] = back_to_back(api, naive, plan)
+            result["one_client"], result["one_client_cpu_ms"] = back_to_back(api, naive, plan, stack.roles())
             progress("one client", {m: {"ms": r} for m, r in result["one_client"].items()})
         if not args.only:
             result["concurrency"] = {
@@ -163,24 +164,36 @@ def measure_workload(w: Workload, plan: Plan, api: Client, naive: Client) -> dic
     return entry
 
 
-def back_to_back(api: Client, naive: Client, plan: Plan) -> dict[str, Any]:
+def back_to_back(
+    api: Client, naive: Client, plan: Plan, roles: dict[str, dict[str, list[int]]]
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Time one client sending example 3 again and again, nothing else running: (c) and (d) in blocks.
 
     The interleaved table runs (a), (b) and (d) between two requests to the service, so the
     service sits idle ~5 ms before each one, as it would for a client with think time; this
     is the other reading of "one client": a closed loop with none. Blocks take turns.
+
+    Also returns the CPU time each process role spent per request (user + system, from
+    /proc): where the time of a request goes when the host's cores, not waits, bound it.
     """
     rounds, per_block = plan.one_client
     samples: dict[str, list[float]] = {"c": [], "d": []}
+    cpu = {mode: dict.fromkeys(roles[mode], 0.0) for mode in samples}
     send = {"c": lambda: api.post("/v1/gradients", EXAMPLE_3), "d": lambda: naive.post("/v1/example3", EXAMPLE_3)}
     for _ in range(rounds):
         for mode, post in send.items():
             post()  # the first of a block follows the other server's block
+            before = {role: cpu_s(pids) for role, pids in roles[mode].items()}
             for _ in range(per_block):
                 started = time.perf_counter()
                 post()
                 samples[mode].append(time.perf_counter() - started)
-    return {mode: summarize(s) for mode, s in samples.items()}
+            for role, pids in roles[mode].items():
+                cpu[mode][role] += cpu_s(pids) - before[role]
+    per_request = {
+        mode: {role: s * 1000 / len(samples[mode]) for role, s in used.items()} for mode, used in cpu.items()
+    }
+    return {mode: summarize(s) for mode, s in samples.items()}, per_request
 
 
 def measure_batch(plan: Plan, api: Client, naive: Client) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,6 +352,24 @@ class Stack:
     def by_name(self, prefix: str) -> list[Process]:
         return [p for p in self.processes if p.name.startswith(prefix)]
 
+    def roles(self) -> dict[str, dict[str, list[int]]]:
+        """The processes a request of each HTTP mode runs through, by role: (c) the service, (d) the naive app."""
+        workers = [p.pid for p in self.by_name("worker")]
+        client = [os.getpid()]  # this process: the benchmark's client
+        return {
+            "c": {
+                "api": [pid for p in self.by_name("api") for pid in (p.pid, *descendants(p.pid))],
+                "worker": workers,
+                "tensorflow": [child for pid in workers for child in descendants(pid)],
+                "redis": [p.pid for p in self.by_name("redis")],
+                "client": client,
+            },
+            "d": {
+                "naive": [pid for p in self.by_name("naive") for pid in (p.pid, *descendants(p.pid))],
+                "client": client,
+            },
+        }
+
     def stop(self) -> None:
         """Stop everything started here, newest first (workers before Redis)."""
         for proc in reversed(self.processes):
@@ -391,6 +409,18 @@ def descendants(pid: int) -> list[int]:
         found.extend(kids)
         queue.extend(kids)
     return found
+
+
+def cpu_s(pids: Iterable[int]) -> float:
+    """CPU time (user + system) the processes have used so far, in seconds; a process gone counts 0."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_rss_mb(pid: int) -> dict[str, Any]:

@@ -222,6 +222,16 @@ def _one_client_lines(result: Result) -> list[str]:
         lines.append(f"| ({mode}) {MODES[mode]} | {fmt_ms(ms['p50'])} | {fmt_ms(ms['p99'])} | {ms['n']} |")
     ratio = loop["c"]["p50"] / loop["d"]["p50"] if loop.get("d", {}).get("p50") else math.nan
     lines += ["", f"(c)/(d): {fmt_ratio(ratio)}"]
+    cpu = result.get("one_client_cpu_ms")
+    if cpu:
+        lines += ["", "CPU time per request, by process (user + system, from /proc), against the wall time's mean:", ""]
+        cpus = result.get("machine", {}).get("cpus", "?")
+        for mode, roles in cpu.items():
+            parts = " + ".join(f"{role} {ms:.2f}" for role, ms in roles.items())
+            mean = loop.get(mode, {}).get("mean", math.nan)
+            lines.append(
+                f"- ({mode}) {parts} = {sum(roles.values()):.2f} ms for {mean:.2f} ms of wall time on {cpus} CPUs"
+            )
     return lines
 
 

@@ -133,5 +133,24 @@ def test_the_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "p50 2.50 ms, p99 9.00 ms" in rows["HTTP, example 3, one client"]
     assert rows["HTTP, example 3, one client"].endswith("| pass |")
     assert "(c)/(d): 1.25×" in markdown
+    cpu = {"c": {"api": 1.0, "worker": 0.5, "client": 0.25}, "d": {"naive": 0.75, "client": 0.25}}
+    markdown = report.write({**looped, "one_client_cpu_ms": cpu}, tmp_path)
+    assert "- (c) api 1.00 + worker 0.50 + client 0.25 = 1.75 ms for 2.50 ms of wall time" in markdown
+    assert "- (d) naive 0.75 + client 0.25 = 1.00 ms for 2.00 ms of wall time" in markdown
     assert (tmp_path / "latest.json").stat().st_size > 0
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_time_is_read_per_process_and_a_process_gone_counts_nothing() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench.harness import cpu_s
+
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    gone = int(exited.stdout)  # exited and reaped: nothing left to read
+    before = cpu_s([os.getpid()])
+    sum(range(10_000_000))  # ~0.2 s of CPU; the clock counts in 10 ms ticks
+    assert cpu_s([os.getpid()]) - before >= 0.05
+    assert cpu_s([gone]) == 0.0
