@@ -41,16 +41,26 @@ from worker.tapeworker import LOST_JOB_BOUND_S, WORKER_TTL_S, TapeJob, TapeWorke
 
 pytestmark = pytest.mark.e2e
 
-# Twelve chained 2500x2500 matmuls and their gradient: ~9 s on two cores, each kernel ~0.7 s.
+
+def matmul_chain(n: int) -> str:
+    """`n` chained 2500x2500 matmuls: ((a @ a) @ a) ... @ a."""
+    return "(" * n + "a" + " @ a)" * n
+
+
+# A 2500x2500 matmul takes 0.08 s on this kind of host's fastest CPUs and 0.7 s on its slowest,
+# so these graphs are sized for the fastest: a test kills them or waits for them, never races them.
+# 20 chained matmuls and their gradient (60 kernels, under max_total_elements): ~5 s at the
+# fastest; killed or time-limited.
 SLOW_GRAPH = {
     "tensors": {"a": {"fill": 0.001, "shape": [2500, 2500]}},
-    "expression": "reduce_sum(" + "(" * 12 + "a" + " @ a)" * 12 + ")",
+    "expression": f"reduce_sum({matmul_chain(20)})",
     "sources": ["a"],
 }
-# Three matmuls (~2 s) whose answer is small: the gradient of a scalar that scales them.
+# 16 matmuls (1.3 s at the fastest, ~11 s at the slowest, under STACK_LIMIT_S) whose answer is
+# small: the gradient of the scalar that scales them.
 MEDIUM_GRAPH = {
     "tensors": {"a": {"fill": 0.001, "shape": [2500, 2500]}, "s": 2.0},
-    "expression": "reduce_sum(((a @ a) @ a) @ a * s)",
+    "expression": f"reduce_sum({matmul_chain(16)} * s)",
     "sources": ["s"],
 }
 CRASH_DETECTION_S = 2.0  # the issue's bound: a crash fails its job within this
@@ -387,15 +397,16 @@ def test_redis_restart_under_traffic_is_answered_with_503_and_survived_without_r
                 failures.append(repr(exc))
             time.sleep(0.05)
 
-    # A job in flight when Redis goes: the worker finishes it but cannot record its outcome.
-    location, in_flight = post_async(fs.stack, MEDIUM_GRAPH)
-    wait_for_status(fs.stack, location, "started", 60)
     clients = [threading.Thread(target=client) for _ in range(3)]
     for t in clients:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: any(code == 202 for code, _ in answers), 30, "the clients' first accepted request")
+        # A job in flight when Redis goes: the worker finishes it but cannot record its outcome.
+        location, in_flight = post_async(fs.stack, MEDIUM_GRAPH)
+        wait_for_status(fs.stack, location, "started", 60)
         fs.redis.stop()
+        assert job_lines(fs, in_flight) == [], "MEDIUM_GRAPH ended before Redis stopped: make it longer"
         down = fs.stack.get("/readyz")
         assert down.status_code == 503 and down.headers["Retry-After"], down.text
         assert down.json()["redis"].startswith("unreachable")
@@ -430,9 +441,10 @@ def test_sigterm_mid_job_finishes_the_job_then_the_worker_exits(make_stack: Call
     worker, tf = fs.workers[0], fs.tf_pid(0)
     location, job_id = post_async(fs.stack, MEDIUM_GRAPH)
     wait_for_status(fs.stack, location, "started", 60)
-    time.sleep(0.3)
+    time.sleep(0.2)
     os.killpg(worker.pid, signal.SIGTERM)  # the whole group, as Ctrl-C would: TF ignores it
-    time.sleep(0.5)
+    time.sleep(0.3)
+    assert job_lines(fs, job_id) == [], "MEDIUM_GRAPH ended before the test looked: make it longer"
     assert alive(tf) and worker.poll() is None
     doc = wait_for_status(fs.stack, location, "finished", 60)
     finished = time.monotonic()
