@@ -11,7 +11,7 @@ import pytest
 from worker.graph.errors import ExecutionError, GraphError
 
 tf = pytest.importorskip("tensorflow")
-from worker.engine import run_document  # noqa: E402
+from worker.engine import run_document, run_json  # noqa: E402
 from worker.engine.codec import dumps  # noqa: E402
 
 EXAMPLE_1: dict[str, Any] = {"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}
@@ -244,6 +244,71 @@ def test_b64_in_and_out_round_trips_exact_bytes() -> None:
     out = run_document(doc)
     grad = np.frombuffer(base64.b64decode(out["gradients"]["x"]["b64"]), dtype="<f4").reshape(2, 3)
     np.testing.assert_array_equal(grad, 2 * raw)
+
+
+# One request per kind of result document: dtypes, non-finite values, several targets, modes, b64.
+IN_PROCESS_DOCS: dict[str, dict[str, Any]] = {
+    "float32": {"tensors": {"x": [0.1, 0.2, 1.0 / 3]}, "expression": "x * x", "sources": ["x"]},
+    "float16": {"tensors": {"x": {"value": [0.1, 0.7], "dtype": "float16"}}, "expression": "x * x", "sources": ["x"]},
+    "bfloat16": {"tensors": {"x": {"value": [0.1, 0.7], "dtype": "bfloat16"}}, "expression": "x * x", "sources": ["x"]},
+    "float64": {"tensors": {"x": {"value": [0.1, 0.7], "dtype": "float64"}}, "expression": "x * x", "sources": ["x"]},
+    "non-finite": {"tensors": {"x": [0.0, 1.0, "Infinity"]}, "expression": "math.log(x) * x", "sources": ["x"]},
+    "unconnected": {"tensors": {"x": 0.3, "y": 2.0}, "expression": "x * 3", "sources": ["x", "y"]},
+    "several targets": {
+        "tensors": {"a": [0.1, 2.0]},
+        "ops": [{"id": "p", "op": "multiply", "inputs": ["a", "a"]}, {"id": "q", "op": "exp", "inputs": ["a"]}],
+        "target": ["p", "q"],
+        "sources": ["a"],
+    },
+    "jacobian": {"tensors": {"x": [0.1, 0.2]}, "expression": "x * x", "sources": ["x"], "mode": "jacobian"},
+    "jvp": {
+        "tensors": {"x": [0.1, 0.2]},
+        "expression": "sin(x)",
+        "sources": ["x"],
+        "mode": "jvp",
+        "tangents": {"x": [1.0, 0.3]},
+    },
+    "b64": {**EXAMPLE_2, "encoding": "b64"},
+}
+
+
+def same_document(got: Any, written: Any, dtype: str | None = None) -> bool:
+    """Whether a document built in process says what its JSON text says, value for value in its dtype."""
+    if isinstance(got, dict) and isinstance(written, dict):
+        if got.keys() != written.keys():
+            return False
+        if "value" in got:
+            dtype = got["dtype"]
+            as_dtype = {"bfloat16": "float32", "float16": "float16"}.get(dtype, dtype)
+            non_finite = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+
+            def array(v: Any) -> np.ndarray:
+                return np.asarray(
+                    [non_finite.get(e, e) if isinstance(e, str) else e for e in np.ravel(np.asarray(v, dtype=object))]
+                ).astype(as_dtype)
+
+            equal_values = np.array_equal(array(got["value"]), array(written["value"]), equal_nan=True)
+            return equal_values and all(same_document(got[k], written[k]) for k in got if k != "value")
+        return all(same_document(got[k], written[k]) for k in got)
+    if isinstance(got, list) and isinstance(written, list):
+        return len(got) == len(written) and all(same_document(g, w) for g, w in zip(got, written, strict=True))
+    return type(got) is type(written) and got == written
+
+
+@pytest.mark.parametrize("doc", IN_PROCESS_DOCS.values(), ids=IN_PROCESS_DOCS.keys())
+def test_the_in_process_document_says_what_the_json_one_does(doc: dict[str, Any]) -> None:
+    got, written = run_document(doc), orjson.loads(run_json(doc))
+    assert same_document(got, written), (got, written)
+    assert run_document(orjson.dumps(doc)) == got  # JSON text in, the same document out
+    orjson.dumps(got)  # plain Python objects: no NumPy arrays left (orjson writes those only when told)
+
+
+def test_the_in_process_document_holds_the_exact_float32_values() -> None:
+    # JSON text holds the shortest decimal that reads back as the same float32; the document
+    # built in process holds the float32 itself, as TensorFlow's .numpy().tolist() does.
+    out = run_document(IN_PROCESS_DOCS["float32"])
+    assert out["gradients"]["x"]["value"][0] == float(np.float32(0.2)) == 0.20000000298023224  # 2x at 0.1
+    assert orjson.loads(run_json(IN_PROCESS_DOCS["float32"]))["gradients"]["x"]["value"][0] == 0.2
 
 
 def test_an_int_source_is_an_error_naming_it_and_its_dtype() -> None:

@@ -67,14 +67,14 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
     import orjson
     import tensorflow as tf
 
-    from worker.engine import cache_stats, describe, run_document, run_task
+    from worker.engine import cache_stats, describe, run_json, run_task
 
     if require_gpu and not tf.config.list_physical_devices("GPU"):
         conn.send(("fatal", "this worker serves the gpu pool but TensorFlow sees no GPU"))
         return
     tf_device = device or ("/GPU:0" if require_gpu else "/CPU:0")
     for doc in WARMUP_DOCS:
-        run_document(doc, limits=limits, device=tf_device)
+        run_json(doc, limits=limits, device=tf_device)
     conn.send(("ready", tf_device))
     while True:
         try:

@@ -89,6 +89,22 @@ def dumps(document: Any) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def python_document(document: Any) -> Any:
+    """Return a result document with its arrays as nested lists: what `dumps` writes, as Python objects.
+
+    Only tensor documents' "value" holds arrays; other lists (several targets, notes) are walked.
+    """
+    if isinstance(document, dict):
+        return {k: _python_value(v) if k == "value" else python_document(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [python_document(v) for v in document]
+    return document
+
+
+def _python_value(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+
+
 def count_nonfinite(array: np.ndarray) -> int:
     """Count NaN and infinite entries (0 for non-float arrays)."""
     if array.dtype.kind != "f" and array.dtype != NUMPY_DTYPES["bfloat16"]:
