@@ -11,16 +11,9 @@ import requests
 
 from tests.conftest import Stack
 from tests.test_engine import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
+from tests.test_faults import SLOW_GRAPH  # canceled here, long before it ends
 
 pytestmark = pytest.mark.e2e
-
-# 20 chained 2500x2500 matmuls and their gradient: ~5 s on this kind of host's fastest CPUs
-# (0.08 s a matmul; the slowest take 0.7 s), small enough for the element limits. Canceled.
-SLOW_GRAPH = {
-    "tensors": {"a": {"fill": 0.001, "shape": [2500, 2500]}},
-    "expression": "reduce_sum(" + "(" * 20 + "a" + " @ a)" * 20 + ")",
-    "sources": ["a"],
-}
 
 
 def test_contract_example_1(stack: Stack) -> None:

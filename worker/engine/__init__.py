@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from worker.graph.errors import TapeserveError
+from worker.graph.graph import GradientRequest
 from worker.graph.limits import DEFAULT_LIMITS, Limits
 from worker.graph.ops import REGISTRY
 from worker.graph.parsecache import REQUESTS
@@ -30,9 +31,7 @@ def run_json(
     `check_values=False` skips the element-by-element check of tensor values, for documents
     the API has already checked; everything else is checked again.
     """
-    doc = orjson.loads(raw) if isinstance(raw, bytes | str) else raw
-    request = REQUESTS.parse(doc, registry, limits, check_values=check_values)
-    return dumps(run_request(request, device=device))
+    return dumps(run_request(_checked(raw, registry, limits, check_values), device=device))
 
 
 def run_batch_json(
@@ -104,9 +103,13 @@ def run_document(
     values: float32 0.1 is 0.10000000149011612 here, where JSON text has "0.1", the shortest
     decimal that reads back as the same float32.
     """
-    raw = orjson.loads(doc) if isinstance(doc, bytes | str) else doc
-    request = REQUESTS.parse(raw, registry, limits)
-    return python_document(run_request(request, device=device))
+    return python_document(run_request(_checked(doc, registry, limits), device=device))
+
+
+def _checked(raw: Any, registry: Registry, limits: Limits, check_values: bool = True) -> GradientRequest:
+    """The checked request of a document (JSON text, or already parsed)."""
+    doc = orjson.loads(raw) if isinstance(raw, bytes | str) else raw
+    return REQUESTS.parse(doc, registry, limits, check_values=check_values)
 
 
 __all__ = ["cache_stats", "describe", "run_batch_json", "run_document", "run_json", "run_request", "run_task"]

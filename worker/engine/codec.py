@@ -102,7 +102,7 @@ def python_document(document: Any) -> Any:
 
 
 def _python_value(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+    return value.tolist() if isinstance(value, np.ndarray) else value  # encode_array leaves no NumPy scalars
 
 
 def count_nonfinite(array: np.ndarray) -> int:
