@@ -23,13 +23,18 @@ class Limits:
     max_sources: int = 64  # tensors differentiated with respect to
     max_tensor_elements: int = 16_777_216  # elements of one input tensor: 64 MiB of float32
     max_rank: int = 8  # dimensions of any tensor; TF kernels rarely go past 8
+    max_dimension: int = 16_777_216  # length of any one axis: no axis may exceed max_tensor_elements
     max_expression_length: int = 4_096  # characters of `expression`
     max_expression_depth: int = 200  # nesting of the syntax tree: a flat sum of n terms nests n deep
     max_order: int = 4  # derivative order by nested tapes; cost grows geometrically
     max_intermediate_elements: int = 16_777_216  # elements of any op's output (64 MiB of float32)
     max_result_elements: int = 16_777_216  # elements of a Jacobian or Hessian: 64 MiB of float32
     max_total_elements: int = 134_217_728  # all intermediates together: 512 MiB of float32
+    max_result_bytes: int = 67_108_864  # 64 MiB: the encoded result, estimated before anything runs
+    max_memory_bytes: int = 2_147_483_648  # 2 GiB: estimated peak working memory of one job, backward pass included
+    max_flops: int = 4_000_000_000_000  # estimated floating-point operations of one job, backward pass included
     max_batch_graphs: int = 1_000  # graphs in one `POST /v1/batches`
+    max_batch_ops: int = 20_000  # ops of all graphs of one batch together: bounds the API's CPU per batch
     time_limit_s: float = 60.0  # wall time of one job in the TensorFlow process
 
     @classmethod
