@@ -9,17 +9,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from worker.graph.ops import REGISTRY
 from worker.logs import configure_logging
 from worker.redisconn import connect_from_env
 
-from .auth import KeyRing, install_auth, load_keys
+from .auth import KeyRing, install_auth, install_key_check, load_keys
 from .config import DEFAULTS, limits_from_config
 from .jobqueue import JobQueue
 from .metrics import install_metrics
 from .problems import register_error_handlers
-from .ratelimit import install_rate_limit
+from .ratelimit import address_limit, install_rate_limit
 from .routes import docs, gradients, health, jobs, ops
 from .state import Services
 
@@ -40,6 +41,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not app.testing:
         configure_logging(app.config["LOG_FORMAT"])
 
+    if int(app.config["PROXY_HOPS"]) > 0:  # the client's address (for the address limit) is in X-Forwarded-For
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_HOPS"]))  # type: ignore[method-assign]
     limits = limits_from_config(app.config)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     redis = connect_from_env(
@@ -75,8 +78,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return response
 
     install_metrics(app)
-    install_auth(app, KeyRing(load_keys(str(app.config["API_KEYS"]), str(app.config["API_KEYS_FILE"]))))
-    install_rate_limit(app, str(app.config["RATE_LIMIT"]), app.config["REDIS_URL"])
+    ring = KeyRing(load_keys(str(app.config["API_KEYS"]), str(app.config["API_KEYS_FILE"])))
+    # In this order: a wrong key is counted against its address before it is refused.
+    install_auth(app, ring)
+    by_address = address_limit(app.config["ADDRESS_RATE_LIMIT"], ring.enabled)
+    install_rate_limit(app, str(app.config["RATE_LIMIT"]), by_address, app.config["REDIS_URL"])
+    install_key_check(app)
     for module in (gradients, jobs, ops, health, docs):
         app.register_blueprint(module.bp)
     register_error_handlers(app)

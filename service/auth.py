@@ -60,19 +60,30 @@ def presented_key() -> str:
 
 
 def install_auth(app: Flask, ring: KeyRing) -> None:
-    """Check the key of every non-public request; set `g.owner` for the job store."""
+    """Identify the key of every non-public request (`g.owner`, for the job store and the rate limit)."""
 
     @app.before_request
-    def authenticate() -> None:
+    def identify() -> None:
         g.owner = ""
+        g.key_refusal = None
         if not ring.enabled or request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return
         key = presented_key()
         owner = ring.owner(key) if key else None
         if owner is None:
             challenge = WWWAuthenticate("bearer", {"realm": "tapeserve"})
-            raise Unauthorized(
+            g.key_refusal = Unauthorized(
                 "a valid API key is required" if not key else "the API key is not valid",
                 www_authenticate=challenge,
             )
-        g.owner = owner
+        else:
+            g.owner = owner
+
+
+def install_key_check(app: Flask) -> None:
+    """Refuse a request whose key is missing or wrong; installed after the rate limit, which counts it first."""
+
+    @app.before_request
+    def refuse_without_key() -> None:
+        if g.get("key_refusal") is not None:
+            raise g.key_refusal

@@ -25,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS": "",  # comma-separated keys; empty (and no file) means no authentication
     "API_KEYS_FILE": "",  # a file of keys, one per line
     "RATE_LIMIT": "",  # per key (or per client address without keys), e.g. "100/second"
+    # per client address, counted before the key is checked; None: DEFAULT_ADDRESS_RATE_LIMIT
+    # when API keys are on, off without them; "" turns it off
+    "ADDRESS_RATE_LIMIT": None,
+    "PROXY_HOPS": 0,  # trusted proxies in front that set X-Forwarded-For (nginx: 1); 0 trusts none
     "LOG_FORMAT": "text",
 }
 

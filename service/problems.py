@@ -1,8 +1,9 @@
 """RFC 9457 problem documents: the one place where errors become HTTP answers.
 
-Domain errors (TapeserveError) carry their own status; werkzeug's HTTP errors and Redis's
-connection errors are translated here, once. Anything else is a bug: it is logged with its
-trace and answered with a bare 500 problem that says nothing of the internals.
+Domain errors (TapeserveError) carry their own status; werkzeug's HTTP errors and the Redis
+errors that mean "not now" (unreachable, loading, read-only, full) are translated here, once.
+Anything else is a bug: it is logged with its trace and answered with a bare 500 problem that
+says nothing of the internals.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ LOWER_EXCEPTIONS: dict[type[Exception], tuple[int, str, str]] = {
     redis.exceptions.TimeoutError: (503, "redis-unavailable", "The job store is unavailable"),
     redis.exceptions.BusyLoadingError: (503, "redis-unavailable", "The job store is loading"),
     redis.exceptions.ReadOnlyError: (503, "redis-unavailable", "The job store is read-only (failing over)"),
+    # At maxmemory with noeviction Redis refuses writes until results expire or are read.
+    redis.exceptions.OutOfMemoryError: (503, "redis-unavailable", "The job store is full"),
 }
 
 

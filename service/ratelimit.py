@@ -1,36 +1,106 @@
-"""A rate limit per API key (per client address without keys), kept in Redis by flask-limiter."""
+"""Rate limits kept in Redis by flask-limiter: one per client address, one per API key.
+
+Both are application-wide: a client has one budget across every route, not one per route.
+The address limit counts every non-public request, a wrong key's included: the limiter runs
+after the key is identified but before a missing or wrong key is refused (see service.auth).
+Only a 429 carries `Retry-After` and `X-RateLimit-*`; the limiter's headers on every answer
+would cost a Redis read per request.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, g
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+import math
+import time
+from collections.abc import Callable
+
+import redis.exceptions
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 
 from .auth import PUBLIC_ENDPOINTS
+from .problems import problem_response
+
+KEY_PREFIX = "tapeserve-ratelimit"
+# With keys on, what one address may send, valid key or not: bounds a flood of wrong keys
+# (each costs a hash and a Redis round trip) without slowing a busy client much.
+DEFAULT_ADDRESS_RATE_LIMIT = "100/second"
 
 
-def limit_key() -> str:
-    return f"key:{g.owner}" if g.get("owner") else f"addr:{get_remote_address()}"
+def address_limit(configured: str | None, keys_on: bool) -> str:
+    """The per-address limit: as configured, or the default when keys are on and none is set."""
+    if configured is None:
+        return DEFAULT_ADDRESS_RATE_LIMIT if keys_on else ""
+    return str(configured)
 
 
-def install_rate_limit(app: Flask, limit: str, storage_uri: str) -> Limiter | None:
-    """Limit every non-public request to `limit` (e.g. "100/second;2000/minute"); "" turns it off."""
-    if not limit:
+def client_address() -> str:
+    """The client's address as the WSGI server (or ProxyFix, behind a trusted proxy) saw it."""
+    return f"addr:{request.remote_addr or 'unknown'}"
+
+
+def budget_key() -> str:
+    """Whose budget a request spends: its API key's, or its address's when it has no valid key."""
+    return f"key:{g.owner}" if g.get("owner") else client_address()
+
+
+def is_public() -> bool:
+    return request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None
+
+
+def install_rate_limit(app: Flask, key_limit: str, address_limit: str, storage_uri: str) -> Limiter | None:
+    """Limit non-public requests per key (`key_limit`) and per address (`address_limit`); "" is off.
+
+    A limit is written as flask-limiter parses it: "100/second;2000/minute".
+    """
+    limits: list[str | Callable[[], str] | ApplicationLimit] = []
+    if address_limit:
+        limits.append(ApplicationLimit(address_limit, key_function=client_address, scope="address"))
+    if key_limit:
+        limits.append(ApplicationLimit(key_limit, key_function=budget_key, scope="key"))
+    if not limits:
         return None
-    app.config["RATELIMIT_HEADERS_ENABLED"] = True  # Retry-After and X-RateLimit-* on answers
     limiter = Limiter(
-        limit_key,
+        budget_key,
         app=app,
-        default_limits=[limit],
+        application_limits=limits,
         storage_uri=storage_uri,
         strategy="moving-window",
-        key_prefix="tapeserve-ratelimit",
+        key_prefix=KEY_PREFIX,
+        headers_enabled=False,
     )
+    limiter.request_filter(is_public)
 
-    @limiter.request_filter
-    def public() -> bool:
-        from flask import request
-
-        return request.endpoint in PUBLIC_ENDPOINTS
+    @app.errorhandler(RateLimitExceeded)
+    def over_the_limit(exc: RateLimitExceeded) -> Response:
+        return _too_many_requests(limiter, exc)
 
     return limiter
+
+
+def _too_many_requests(limiter: Limiter, exc: RateLimitExceeded) -> Response:
+    """A 429 problem that says which limit, and when the window has room again."""
+    breached = limiter.current_limit
+    item = exc.limit.limit
+    # Without the window's state (Redis went away meanwhile) a whole window is a safe wait.
+    reset_at = time.time() + item.get_expiry()
+    if breached is not None:
+        try:
+            reset_at = breached.reset_at
+        except redis.exceptions.RedisError:
+            current_app.logger.warning("rate limit window unreadable; Retry-After is a whole window")
+    retry_after = max(1, math.ceil(reset_at - time.time()))
+    scope = breached.request_args[-1] if breached is not None else "key"
+    headers = {
+        "Retry-After": str(retry_after),
+        "X-RateLimit-Limit": str(item.amount),
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(reset_at)),
+    }
+    who = "this client address" if scope == "address" else "this API key" if g.get("owner") else "this client"
+    return problem_response(
+        429,
+        "too-many-requests",
+        "Too Many Requests",
+        f"over the rate limit of {item} for {who}, across all routes; retry in {retry_after} s",
+        headers=headers,
+    )

@@ -9,6 +9,10 @@ from ..responses import json_response
 from ..state import services
 
 bp = Blueprint("health", __name__)
+# /readyz writes this key: a Redis that answers reads but refuses writes (full, read-only)
+# cannot take a job, so the API is not ready.
+READY_PROBE_KEY = "tapeserve:ready-probe"
+READY_PROBE_TTL_S = 60
 
 
 @bp.get("/healthz")
@@ -19,17 +23,23 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Say whether requests can be served: Redis reachable, a live worker in each pool."""
+    """Say whether requests can be served: Redis takes writes, a live worker in each pool."""
     svc = services()
     try:
-        svc.redis.ping()
+        svc.redis.set(READY_PROBE_KEY, 1, ex=READY_PROBE_TTL_S)
         counts = svc.jobs.workers()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        body = {"status": "unavailable", "redis": f"unreachable ({type(exc).__name__})", "workers": {}}
-        return json_response(body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])})
+        return _not_ready(f"unreachable ({type(exc).__name__})")
+    except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as exc:
+        return _not_ready(f"refuses writes ({type(exc).__name__})")
     missing = [p for p in svc.pools if counts.get(p, 0) == 0]
     body = {"status": "ok" if not missing else "unavailable", "redis": "ok", "workers": counts}
     if missing:
         body["detail"] = f"no live worker in pool(s): {', '.join(missing)}"
         return json_response(body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])})
     return json_response(body)
+
+
+def _not_ready(redis_state: str) -> Response:
+    body = {"status": "unavailable", "redis": redis_state, "workers": {}}
+    return json_response(body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])})
