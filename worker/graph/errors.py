@@ -122,6 +122,13 @@ class TimeLimitExceeded(LimitExceeded):
     title = "The graph ran past its time limit"
 
 
+class MemoryLimitExceeded(LimitExceeded):
+    """The TensorFlow process went over its memory cap (or TF ran out of memory) and was replaced."""
+
+    kind = "memory-limit-exceeded"
+    title = "The graph needed more memory than the worker allows"
+
+
 class WorkerCrashed(TapeserveError):
     """The TensorFlow process died while running the graph (an abort, a segfault, OOM)."""
 
