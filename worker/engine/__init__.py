@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-from worker.graph.errors import TapeserveError
+from worker.graph.errors import FieldError, LimitExceeded, MemoryLimitExceeded, TapeserveError
 from worker.graph.graph import GradientRequest
 from worker.graph.limits import DEFAULT_LIMITS, Limits
 from worker.graph.ops import REGISTRY
@@ -14,7 +15,7 @@ from worker.graph.parsecache import REQUESTS
 from worker.graph.registry import Registry
 
 from .cache import FUNCTIONS
-from .codec import dumps, python_document
+from .codec import dumps, least_json_bytes, python_document
 from .execute import run_request
 
 
@@ -25,13 +26,44 @@ def run_json(
     limits: Limits = DEFAULT_LIMITS,
     device: str | None = None,
     check_values: bool = True,
+    batch_bytes: int = 0,
 ) -> bytes:
     """Check a request (JSON text, or already parsed), run it inside a tape, return the result as JSON.
 
     `check_values=False` skips the element-by-element check of tensor values, for documents
-    the API has already checked; everything else is checked again.
+    the API has already checked; everything else is checked again. A result over
+    max_result_bytes (less the `batch_bytes` a batch's earlier slots hold) is refused here.
     """
-    return dumps(run_request(_checked(raw, registry, limits, check_values), device=device))
+    result = run_request(_checked(raw, registry, limits, check_values), device=device)
+    return encode_within(result, limits.max_result_bytes, batch_bytes)
+
+
+def encode_within(result: dict[str, Any], max_bytes: int, batch_bytes: int = 0) -> bytes:
+    """Write a result document as JSON; raise LimitExceeded if it is (or must be) over `max_bytes`.
+
+    The validator's estimate should have refused it already: this is the backstop, so that
+    no result over max_result_bytes is ever stored. The bound from the arrays' shapes spares
+    writing one that cannot fit. In a batch, `batch_bytes` are taken already.
+    """
+    least = least_json_bytes(result)
+    if batch_bytes + least > max_bytes:
+        raise _result_too_large(True, least, max_bytes, batch_bytes)
+    out = dumps(result)
+    if batch_bytes + len(out) > max_bytes:
+        raise _result_too_large(False, len(out), max_bytes, batch_bytes)
+    return out
+
+
+def _result_too_large(least: bool, size: int, max_bytes: int, batch_bytes: int) -> LimitExceeded:
+    bound = "at least " if least else ""
+    what = f"the result is {bound}{size} bytes"
+    if batch_bytes:
+        what = f"with this result ({bound}{size} bytes) the batch's results are {bound}{batch_bytes + size} bytes"
+    return LimitExceeded(FieldError("", f"{what} as JSON, over the limit max_result_bytes = {max_bytes}"))
+
+
+BATCH_FRAME = len(b'{"results":[]}')
+SLOT_FRAME = len(b'{"status":"finished","result":},')
 
 
 def run_batch_json(
@@ -42,23 +74,49 @@ def run_batch_json(
     device: str | None = None,
     check_values: bool = True,
 ) -> bytes:
-    """Run a batch: items `{"graph": doc}` or `{"problem": ...}` (refused by the API) -> `{"results": [...]}`.
+    """Run a batch: items `{"graph": doc}` or `{"problem": ...}` (refused by the API) -> `{"results": [...]}`."""
+    slots = batch_slots(raw, registry=registry, limits=limits, device=device, check_values=check_values)
+    return b'{"results":[' + b",".join(slots) + b"]}"
 
-    Each graph's failure is its own item's problem; the batch goes on. Results are spliced
-    in as the JSON each graph produced, never parsed again.
+
+def batch_slots(
+    raw: bytes | str | list[Any],
+    *,
+    registry: Registry = REGISTRY,
+    limits: Limits = DEFAULT_LIMITS,
+    device: str | None = None,
+    check_values: bool = True,
+) -> Iterator[bytes]:
+    """Yield each item's slot of a batch as JSON, in order, as it is run.
+
+    Each graph's failure is its own slot's problem; the batch goes on. Results are spliced
+    in as the JSON each graph produced, never parsed again. The whole batch document counts
+    against max_result_bytes: a result that does not fit in what the slots before it left
+    fails its own slot. Running out of memory ends the batch (MemoryLimitExceeded): the
+    process is to be replaced.
     """
     items = orjson.loads(raw) if isinstance(raw, bytes | str) else raw
-    results: list[dict[str, Any]] = []
+    taken = BATCH_FRAME
     for item in items:
         if "problem" in item:
-            results.append({"status": "failed", "error": item["problem"]})
-            continue
-        try:
-            out = run_json(item["graph"], registry=registry, limits=limits, device=device, check_values=check_values)
-            results.append({"status": "finished", "result": orjson.Fragment(out)})
-        except TapeserveError as exc:
-            results.append({"status": "failed", "error": exc.problem()})
-    return orjson.dumps({"results": results})
+            slot = orjson.dumps({"status": "failed", "error": item["problem"]})
+        else:
+            try:
+                out = run_json(
+                    item["graph"],
+                    registry=registry,
+                    limits=limits,
+                    device=device,
+                    check_values=check_values,
+                    batch_bytes=taken + SLOT_FRAME,
+                )
+                slot = orjson.dumps({"status": "finished", "result": orjson.Fragment(out)})
+            except MemoryLimitExceeded:
+                raise
+            except TapeserveError as exc:
+                slot = orjson.dumps({"status": "failed", "error": exc.problem()})
+        taken += len(slot) + 1
+        yield slot
 
 
 def describe(doc: Any) -> dict[str, Any]:
@@ -112,4 +170,13 @@ def _checked(raw: Any, registry: Registry, limits: Limits, check_values: bool = 
     return REQUESTS.parse(doc, registry, limits, check_values=check_values)
 
 
-__all__ = ["cache_stats", "describe", "run_batch_json", "run_document", "run_json", "run_request", "run_task"]
+__all__ = [
+    "batch_slots",
+    "cache_stats",
+    "describe",
+    "encode_within",
+    "run_document",
+    "run_json",
+    "run_request",
+    "run_task",
+]

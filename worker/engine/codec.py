@@ -84,6 +84,32 @@ def encode_array(array: np.ndarray, dtype: str, encoding: str = "json") -> dict[
     return {"value": value, "dtype": dtype, "shape": shape}
 
 
+def least_json_bytes(document: Any) -> int:
+    """A lower bound on the bytes `dumps` writes for a result document, from its arrays' shapes alone.
+
+    Each element takes at least two bytes ("0,"; a bool five) and each list two brackets and a
+    comma, so that a 0 in a shape hides nothing: [33554432, 0] is 33554432 empty rows, 100 MB.
+    """
+    if isinstance(document, dict):
+        return sum(_least_value_bytes(v) if k == "value" else least_json_bytes(v) for k, v in document.items())
+    if isinstance(document, list):
+        return sum(least_json_bytes(v) for v in document)
+    if isinstance(document, str):
+        return len(document)
+    return 0
+
+
+def _least_value_bytes(value: Any) -> int:
+    if not isinstance(value, np.ndarray):
+        return 0  # a scalar, or nested lists made by encode_array for non-finite values: already walked
+    lists, rows = 0, 1
+    for dim in value.shape:
+        lists += rows
+        rows *= dim
+    per_element = 5 if value.dtype == np.bool_ else 2
+    return value.size * per_element + lists * 3
+
+
 def dumps(document: Any) -> bytes:
     """Write a result document (NumPy arrays inside) as JSON."""
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

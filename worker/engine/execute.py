@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.autograph.impl.api import StagingError
 
-from worker.graph.errors import ExecutionError, FieldError
+from worker.graph.errors import ExecutionError, FieldError, MemoryLimitExceeded
 from worker.graph.graph import GradientRequest, Literal, Node, Ref
 
 from .cache import FUNCTIONS, CompiledFunctions, structure_key
@@ -38,6 +38,9 @@ Results = tuple[list[tf.Tensor], list[tf.Tensor | None]]
 # What TensorFlow raises when it cannot run or differentiate a graph it was allowed to build.
 # StagingError comes from tracing (tape.jacobian's pfor, tf.function); it has no public name.
 TF_FAILURES = (LookupError, tf.errors.OpError, ValueError, TypeError, NotImplementedError, StagingError)
+# What an allocation refused under the TF process's memory cap (RLIMIT_DATA) raises: the job's
+# own problem, never an op's error, and never retried eagerly.
+OUT_OF_MEMORY = (tf.errors.ResourceExhaustedError, MemoryError)
 
 
 def input_arrays(req: GradientRequest) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -138,6 +141,8 @@ def run_node(node: Node, env: dict[Ref, tf.Tensor]) -> None:
     ]
     try:
         out = node.spec.fn(tf, *args, **node.attrs)
+    except OUT_OF_MEMORY:
+        raise
     except (tf.errors.OpError, ValueError, TypeError) as exc:
         raise op_failed(node, exc) from None
     outs = list(out) if isinstance(out, list | tuple) else [out]
@@ -161,15 +166,19 @@ def run_request(
     req: GradientRequest, device: str | None = None, cache: CompiledFunctions | None = FUNCTIONS
 ) -> dict[str, Any]:
     """Run a checked request (compiled if its structure was seen before) and return its result."""
-    inputs, extra = input_arrays(req)
-    with tf.device(device) if device else contextlib.nullcontext():
-        tensors = [tf.constant(a) for a in inputs]
-        extras = [tf.constant(a) for a in extra]
-        if cache is None:
-            targets, results = _run_eagerly(req, tensors, extras)
-        else:
-            targets, results = _run_cached(req, tensors, extras, device or "", cache)
-    return encode_result(req, targets, results)
+    try:
+        inputs, extra = input_arrays(req)
+        with tf.device(device) if device else contextlib.nullcontext():
+            tensors = [tf.constant(a) for a in inputs]
+            extras = [tf.constant(a) for a in extra]
+            if cache is None:
+                targets, results = _run_eagerly(req, tensors, extras)
+            else:
+                targets, results = _run_cached(req, tensors, extras, device or "", cache)
+        return encode_result(req, targets, results)
+    except OUT_OF_MEMORY as exc:
+        why = tf_message(exc).rstrip(": ") or type(exc).__name__
+        raise MemoryLimitExceeded(FieldError("", f"TensorFlow could not allocate memory ({why})")) from None
 
 
 def _run_cached(
@@ -180,6 +189,8 @@ def _run_cached(
     if fn is None and cache.should_compile(key):
         try:
             fn = CompiledGraph(make_compute(req), tensors, extras)
+        except OUT_OF_MEMORY:
+            raise
         except TF_FAILURES:
             fn = None  # tracing failed; the eager run below says why, or succeeds
             cache.mark_eager_only(key)
@@ -189,6 +200,8 @@ def _run_cached(
         return _run_eagerly(req, tensors, extras)
     try:
         return fn(tensors, extras)
+    except OUT_OF_MEMORY:
+        raise
     except TF_FAILURES:
         # A traced graph's error does not say which op failed; the eager run does, or it
         # succeeds (some gradients exist only eagerly: SVD's with unknown inner shapes), and
@@ -242,9 +255,11 @@ class CompiledGraph:
 def _run_eagerly(req: GradientRequest, tensors: list[tf.Tensor], extras: list[tf.Tensor]) -> Results:
     try:
         return make_compute(req)(tensors, extras)
-    except ExecutionError:
+    except (ExecutionError, *OUT_OF_MEMORY):
         raise
     except TF_FAILURES as exc:
+        if isinstance(exc, StagingError) and isinstance(exc.__cause__, OUT_OF_MEMORY):
+            raise exc.__cause__ from None
         # tape.jacobian traces through pfor: a missing gradient arrives as a StagingError.
         cause = exc.__cause__ if isinstance(exc, StagingError) and exc.__cause__ is not None else exc
         message = tf_message(cause)
