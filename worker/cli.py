@@ -21,8 +21,10 @@ from worker.graph.limits import Limits
 from worker.logs import configure_logging
 from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
 from worker.redisconn import connect_from_env
-from worker.runner import StartupError, TensorFlowProcess
+from worker.runner import DEFAULT_MEMORY_LIMIT_MB, MIN_MEMORY_LIMIT_MB, StartupError, TensorFlowProcess
 from worker.tapeworker import (
+    BIG_RESULT_BYTES,
+    BIG_RESULT_TTL_S,
     JOB_HEARTBEAT_S,
     MAINTENANCE_INTERVAL_S,
     REDIS_CONNECT_TIMEOUT_S,
@@ -53,9 +55,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("TAPESERVE_METRICS_PORT", "0")),
         help="serve Prometheus metrics on this port (0: off); with --processes N, ports N in a row",
     )
+    parser.add_argument(
+        "--tf-memory-limit",
+        type=int,
+        metavar="MB",
+        default=int(os.environ.get("TAPESERVE_TF_MEMORY_LIMIT_MB", str(DEFAULT_MEMORY_LIMIT_MB))),
+        help=f"memory cap of the TensorFlow process in MiB (0: none; at least {MIN_MEMORY_LIMIT_MB}); "
+        "a job over it fails with memory-limit-exceeded and the process is replaced",
+    )
+    parser.add_argument(
+        "--big-result-bytes",
+        type=int,
+        default=int(os.environ.get("TAPESERVE_BIG_RESULT_BYTES", str(BIG_RESULT_BYTES))),
+        help="a result over this many bytes of JSON is kept only --big-result-ttl seconds",
+    )
+    parser.add_argument(
+        "--big-result-ttl",
+        type=int,
+        metavar="S",
+        default=int(os.environ.get("TAPESERVE_BIG_RESULT_TTL_S", str(BIG_RESULT_TTL_S))),
+        help="how long a big result is kept in Redis, if shorter than the API's result TTL",
+    )
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--healthcheck", action="store_true", help="exit 0 if a worker of this host is alive")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if 0 < args.tf_memory_limit < MIN_MEMORY_LIMIT_MB:
+        parser.error(f"--tf-memory-limit: warm TensorFlow alone needs ~700 MiB; give {MIN_MEMORY_LIMIT_MB} or more")
+    return args
 
 
 def limits_from_env(environ: Any = os.environ) -> Limits:
@@ -77,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def work(args: argparse.Namespace) -> int:
     """Run one RQ worker with its TensorFlow process until SIGTERM (or an empty queue in burst)."""
     limits = limits_from_env()
-    runner = TensorFlowProcess(limits, require_gpu=args.pool == "gpu")
+    runner = TensorFlowProcess(limits, require_gpu=args.pool == "gpu", memory_limit_mb=args.tf_memory_limit)
     started = time.monotonic()
     try:
         runner.start()
@@ -111,6 +137,8 @@ def work(args: argparse.Namespace) -> int:
         maintenance_interval=MAINTENANCE_INTERVAL_S,
         job_monitoring_interval=JOB_HEARTBEAT_S,
         log_job_description=False,
+        big_result_bytes=args.big_result_bytes,
+        big_result_ttl_s=args.big_result_ttl,
     )
     try:
         worker.work(burst=args.burst, logging_level="WARNING", with_scheduler=False)
@@ -133,6 +161,12 @@ def supervise(args: argparse.Namespace) -> int:
         "1",
         "--redis-url",
         args.redis_url,
+        "--tf-memory-limit",
+        str(args.tf_memory_limit),
+        "--big-result-bytes",
+        str(args.big_result_bytes),
+        "--big-result-ttl",
+        str(args.big_result_ttl),
     ]
     if args.burst:
         command.append("--burst")

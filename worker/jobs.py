@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+import redis.exceptions
 from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
@@ -32,6 +33,11 @@ _runner: Runner | None = None
 # The request of the job about to run, read by the worker with the job itself (TapeJob.fetch);
 # a job run by another worker reads its own.
 _handed_over: dict[str, bytes] = {}
+# The JSON bytes of the last result this process returned: the worker keeps big ones shorter.
+last_result_bytes = 0
+# The job whose problem is in its meta but not yet in Redis (Redis refused it): the worker
+# writes it with the job's failure.
+_unsaved_problem: set[str] = set()
 
 
 def install_runner(runner: Runner | None) -> None:
@@ -59,14 +65,17 @@ def run_batch(payload_key: str) -> orjson.Fragment:
 
 
 def _run(kind: str, payload_key: str) -> orjson.Fragment:
+    global last_result_bytes
     job = get_current_job()
     runner = current_runner()
+    last_result_bytes = 0
     started = time.perf_counter()
     outcome = "ok"
     info: dict[str, Any] = {}
     try:
         payload = _take_payload(job, payload_key)
         out, info = runner.run(kind, payload, check_values=CHECK_VALUES)
+        last_result_bytes = len(out)
         # A Fragment is written into RQ's result as it is: the API splices it into its answer.
         return orjson.Fragment(out)
     except TapeserveError as exc:
@@ -129,7 +138,26 @@ def _take_payload(job: Job | None, key: str) -> bytes:
 
 
 def _keep_problem(job: Job | None, exc: TapeserveError) -> None:
-    """Keep the problem in the job's meta, where the API reads it."""
-    if job is not None:
-        job.meta[PROBLEM_META] = exc.problem()
+    """Keep the problem in the job's meta, where the API reads it (written with the failure if Redis refuses it now)."""
+    if job is None:
+        return
+    job.meta[PROBLEM_META] = exc.problem()
+    try:
         job.save_meta()
+    except redis.exceptions.RedisError as refused:
+        log.warning("job %s: its problem waits for its failure to be written (%s)", job.id, refused)
+        mark_unsaved_problem(job.id)
+
+
+def mark_unsaved_problem(job_id: str) -> None:
+    """Note that this job's meta holds a problem Redis has not taken yet."""
+    _unsaved_problem.clear()  # one job at a time: an older entry is stale
+    _unsaved_problem.add(job_id)
+
+
+def take_unsaved_problem(job_id: str) -> bool:
+    """Whether this job's problem is still to be written (and forget it)."""
+    if job_id in _unsaved_problem:
+        _unsaved_problem.discard(job_id)
+        return True
+    return False

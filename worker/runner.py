@@ -5,9 +5,18 @@ TensorFlow process with spawn (never fork: TF and CUDA are not fork-safe), hands
 document at a time over a pipe, and enforces the time limit from outside, so that a graph
 that hangs inside one long kernel, aborts or segfaults costs only its own job.
 
-A crash, a time-out or a stop fails the job at once: the replacement process is spawned
-before the error is raised and warms up while RQ records the failure; the worker waits for
-it (`ensure_warm`) before it takes the next job, so that job runs on a warm TensorFlow.
+A crash, a time-out, a stop or going over the memory cap fails the job at once: the
+replacement process is spawned before the error is raised and warms up while RQ records the
+failure; the worker waits for it (`ensure_warm`) before it takes the next job, so that job
+runs on a warm TensorFlow.
+
+The memory cap is kept twice: the TensorFlow process sets RLIMIT_DATA on itself (the kernel
+refuses a private allocation past it: TensorFlow answers ResourceExhaustedError, NumPy
+MemoryError, some kernels crash), and while a job runs this process reads the TF process's
+resident memory every MEMORY_SAMPLE_S and kills it past the cap.
+
+A batch's slots come back one message each as they finish: a batch cut short by a time-out,
+a crash or the memory cap keeps the slots that finished.
 """
 
 from __future__ import annotations
@@ -24,8 +33,18 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
 
+import orjson
+
 from worker import metrics
-from worker.graph.errors import FieldError, JobStopped, RemoteProblem, TimeLimitExceeded, WorkerCrashed
+from worker.graph.errors import (
+    FieldError,
+    JobStopped,
+    MemoryLimitExceeded,
+    RemoteProblem,
+    TapeserveError,
+    TimeLimitExceeded,
+    WorkerCrashed,
+)
 from worker.graph.limits import Limits
 
 log = logging.getLogger("tapeserve.worker")
@@ -33,6 +52,20 @@ log = logging.getLogger("tapeserve.worker")
 READY_TIMEOUT_S = 180.0  # importing TF and warming up takes ~5 s; a loaded host, far more
 WAIT_SLICE_S = 2.0  # while waiting on TF, call `on_wait` this often (the worker heartbeats there)
 REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone within milliseconds unless the host is stuck
+# While a job runs, the TF process's resident memory is read this often (one read of
+# /proc/PID/statm, ~10 us): pages are touched at a few GB/s, so the cap is overshot by
+# at most a few hundred MB before the kill. An idle worker reads nothing.
+MEMORY_SAMPLE_S = 0.02
+DEFAULT_MEMORY_LIMIT_MB = 4096  # 4 GiB: the warm TF process holds ~0.65 GB, max_memory_bytes allows 2 GiB more
+MIN_MEMORY_LIMIT_MB = 1024  # below this the warm TF process alone (~0.65 GB resident) leaves too little
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+NOT_RUN_PROBLEM = {
+    "type": "https://tapeserve.dev/problems/not-run",
+    "title": "This graph was not run",
+    "status": 422,
+    "detail": "an earlier graph of the batch stopped it; send this graph again",
+    "errors": [{"path": "", "message": "not run: an earlier graph of the batch ended the batch"}],
+}
 
 
 class StartupError(RuntimeError):
@@ -54,8 +87,11 @@ class TensorFlowProcess:
     spawned it exits (PR_SET_PDEATHSIG), so that it never outlives a worker killed with SIGKILL.
     """
 
-    def __init__(self, limits: Limits, *, require_gpu: bool = False, device: str | None = None):
+    def __init__(
+        self, limits: Limits, *, require_gpu: bool = False, device: str | None = None, memory_limit_mb: int = 0
+    ):
         self.limits = limits
+        self.memory_limit_mb = memory_limit_mb  # 0: no cap
         self.require_gpu = require_gpu
         self.requested_device = device
         self.device = ""
@@ -71,6 +107,7 @@ class TensorFlowProcess:
         self._lock = threading.Lock()  # `kill` comes from RQ's pubsub thread
         self._stop_requested = False
         self._early: _Early | None = None  # a task sent by `start_early`, its answer not yet read
+        self._over_cap_bytes = 0  # the resident memory at which the watch killed the running task
 
     def start(self) -> None:
         """Start the process and wait until it has TensorFlow loaded and warm."""
@@ -140,6 +177,8 @@ class TensorFlowProcess:
 
         Returns the result as JSON text and what the log line says about the task. A task
         `start_early` sent (the same payload object) is not sent again: its answer is read.
+        A batch cut short by a time-out, a crash or the memory cap answers with the slots
+        that finished, the failing slot's problem, and "not run" for the rest.
         """
         early, self._early = self._early, None
         if early is not None and not early.runs(kind, payload, check_values):
@@ -150,15 +189,12 @@ class TensorFlowProcess:
             self._stop_requested = False
         assert self._conn is not None and self._proc is not None
         conn = self._conn
-        limit = self.limits.time_limit_s
         started = time.monotonic() if early is None else early.started
-        out: Any = None
-        info: dict[str, Any] = {}
+        slots: list[bytes] = []
         try:
             if early is None:
                 conn.send((kind, payload, check_values))
-            done = self._wait_for_answer(conn, started + limit)
-            answer, out, info = conn.recv() if done else ("", None, {})
+            done, answer, out, info = self._collect(conn, started + self.limits.time_limit_s, slots)
         except (EOFError, OSError):
             done, answer, out, info = True, "died", None, {}
         except BaseException:
@@ -167,16 +203,36 @@ class TensorFlowProcess:
             # (if there is one) starts another.
             self._discard()
             raise
+        self.last_info = info
+        try:
+            self._raise_failure(done, answer, out, started)
+        except (TimeLimitExceeded, WorkerCrashed, MemoryLimitExceeded) as exc:
+            if kind == "batch":
+                return _cut_short(payload, slots, exc), info
+            raise
+        if kind == "batch":
+            return b'{"results":[' + b",".join(slots) + b"]}", info
+        return out, info
+
+    def _raise_failure(self, done: bool, answer: str, out: Any, started: float) -> None:
+        """Raise what ended a task that did not answer "ok", replacing the process where it must go."""
+        if done and answer != "died":
+            self._over_cap_bytes = 0  # it answered before the watch's kill landed: the answer stands
         if not done:
             self._replace("time limit")
             elapsed = time.monotonic() - started
+            limit = self.limits.time_limit_s
             raise TimeLimitExceeded(
                 FieldError("", f"the graph ran {elapsed:.1f} s, past the limit time_limit_s = {limit:g}")
             )
-        self.last_info = info
         if answer == "died":
+            assert self._proc is not None
             self._proc.join(REAP_TIMEOUT_S)
             code = self._proc.exitcode
+            if self._over_cap_bytes:
+                over, self._over_cap_bytes = self._over_cap_bytes, 0
+                self._replace("memory cap")
+                raise self._memory_problem(f"resident memory reached {over / 2**20:.0f} MiB")
             if self._stop_requested:
                 self._replace("stopped on request")
                 raise JobStopped(FieldError("", "the job was canceled while it ran"))
@@ -186,8 +242,25 @@ class TensorFlowProcess:
                 detail=f"the worker crashed while running this graph ({_exit_text(code)})",
             )
         if answer == "error":
-            raise RemoteProblem(out)
-        return out, info
+            problem = RemoteProblem(out)
+            if problem.kind == MemoryLimitExceeded.kind:
+                # TensorFlow (or NumPy) could not allocate under the cap: its heap is left
+                # fragmented and near the cap, so the next job gets a fresh process.
+                self._replace("memory cap")
+                raise self._memory_problem(problem.errors[0].message if problem.errors else problem.detail)
+            raise problem
+
+    def _memory_problem(self, what: str) -> MemoryLimitExceeded:
+        """The job's problem when its TF process went over the cap (or TF could not allocate)."""
+        cap = (
+            f"the TensorFlow process's memory cap of {self.memory_limit_mb} MiB (tf_memory_limit_mb)"
+            if self.memory_limit_mb
+            else "the memory this host could give the TensorFlow process"
+        )
+        return MemoryLimitExceeded(
+            FieldError("", f"{what}, over {cap}"),
+            detail=f"the graph needed more memory than {cap}; it was stopped and not retried",
+        )
 
     def kill(self) -> None:
         """Stop the running job now (a stop request): kill the process; `run` replaces it."""
@@ -211,25 +284,49 @@ class TensorFlowProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _wait_for_answer(self, conn: Connection, deadline: float) -> bool:
-        """Wait until the process answers (or dies): True; or until `deadline`: False."""
+    def _collect(self, conn: Connection, deadline: float, slots: list[bytes]) -> tuple[bool, str, Any, dict[str, Any]]:
+        """Read a task's answer, after its batch slots (kept in `slots`); (False, ...) at `deadline`."""
         while True:
-            left = deadline - time.monotonic()
+            if not self._wait_for_answer(conn, deadline):
+                return False, "", None, {}
+            answer, out, info = conn.recv()
+            if answer != "slot":
+                return True, answer, out, info
+            slots.append(out)
+
+    def _wait_for_answer(self, conn: Connection, deadline: float) -> bool:
+        """Wait until the process answers, dies or is killed over its memory cap: True; or until `deadline`: False."""
+        watch = self.memory_limit_mb > 0 and self._proc is not None
+        cap = self.memory_limit_mb * 2**20
+        statm = f"/proc/{self._proc.pid}/statm" if self._proc is not None else ""
+        next_beat = time.monotonic() + WAIT_SLICE_S
+        while True:
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return False
-            if conn.poll(min(left, WAIT_SLICE_S)):
+            if conn.poll(min(left, MEMORY_SAMPLE_S if watch else WAIT_SLICE_S)):
                 return True
-            self._waiting()
+            if watch and (resident := _resident_bytes(statm)) > cap:
+                self._over_cap_bytes = resident
+                with self._lock:
+                    if self._proc is not None:
+                        self._proc.kill()
+                return True  # the pipe reads as closed: `run` sees the death and why
+            if not watch or time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + WAIT_SLICE_S
+                self._waiting()
 
     def _settle(self, early: _Early, kill: bool = False) -> None:
         """Wait for an uncollected early task's answer and drop it; kill the process instead if told to or late."""
         if not kill and self._conn is not None:
             try:
-                if self._wait_for_answer(self._conn, early.started + self.limits.time_limit_s):
-                    self._conn.recv()
+                done, _, _, _ = self._collect(self._conn, early.started + self.limits.time_limit_s, [])
+                if done and not self._over_cap_bytes:
                     return
             except (EOFError, OSError):
                 pass
+        self._over_cap_bytes = 0
         self._replace("a task started early was not run")
 
     def _waiting(self) -> None:
@@ -243,7 +340,7 @@ class TensorFlowProcess:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=serve,
-            args=(child, self.requested_device, self.limits, self.require_gpu, os.getpid()),
+            args=(child, self.requested_device, self.limits, self.require_gpu, os.getpid(), self.memory_limit_mb),
             name="tapeserve-tensorflow",
             daemon=True,
         )
@@ -285,6 +382,29 @@ class _Early:
 
     def runs(self, kind: str, payload: Any, check_values: bool) -> bool:
         return self.kind == kind and self.payload is payload and self.check_values == check_values
+
+
+def _resident_bytes(statm: str) -> int:
+    """The resident memory of a process, from /proc/PID/statm (0 once it is gone)."""
+    try:
+        with open(statm, "rb") as f:
+            return int(f.read().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _cut_short(payload: Any, slots: list[bytes], exc: TapeserveError) -> bytes:
+    """The document of a batch stopped at slot len(slots): the finished slots, its problem, the rest not run.
+
+    Slots the API refused arrive as problems in the request: they keep their own.
+    """
+    items = orjson.loads(payload) if isinstance(payload, bytes | str) else payload
+    rest = [
+        orjson.dumps({"status": "failed", "error": item["problem"] if "problem" in item else NOT_RUN_PROBLEM})
+        for item in items[len(slots) + 1 :]
+    ]
+    stopped = orjson.dumps({"status": "failed", "error": exc.problem()})
+    return b'{"results":[' + b",".join([*slots, stopped, *rest][: len(items)]) + b"]}"
 
 
 def _exit_text(code: int | None) -> str:

@@ -28,7 +28,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from worker import jobs
-from worker.protocol import payload_key
+from worker.protocol import PROBLEM_META, payload_key
 from worker.runner import WAIT_SLICE_S, TensorFlowProcess
 
 log = logging.getLogger("tapeserve.worker")
@@ -60,7 +60,29 @@ HEARTBEAT_MIN_S = 1.0
 SUSPENSION_CHECK_S = 1.0
 
 # What a lost connection to Redis raises; redis-py has already retried the command by then.
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# LOADING (a restarted Redis reading its data back) is a ConnectionError to redis-py.
+LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# What a Redis that answers but takes no writes raises: full at maxmemory with noeviction
+# (OOM), or a replica during a failover (READONLY). Waited out like a lost connection.
+PRESSURE = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+REDIS_ERRORS = (*LOST, *PRESSURE)
+# A job's outcome is written again after these: the Redis that answers them still has the job.
+REWRITE = (redis.exceptions.BusyLoadingError, *PRESSURE)
+# A result over BIG_RESULT_BYTES of JSON is kept BIG_RESULT_TTL_S, not the API's result TTL
+# (an hour): a few clients fetching big results must not fill Redis for everyone.
+BIG_RESULT_BYTES = 4 * 1024 * 1024  # 4 MiB: a 500x500 float32 gradient is ~2.5 MB of JSON
+BIG_RESULT_TTL_S = 300  # 5 minutes: a client that polls finds it; one that waits gets it at once
+STORE_FULL_PROBLEM = {
+    "type": "https://tapeserve.dev/problems/result-not-stored",
+    "title": "The result could not be stored",
+    "status": 503,
+    "detail": "the result could not be stored: the job store is full; send the request again later",
+    "errors": [{"path": "", "message": "Redis refused the result (maxmemory): the job store is full"}],
+}
+
+
+class ResultNotStored(Exception):
+    """Redis was full when a job's result was written: the job fails with STORE_FULL_PROBLEM instead."""
 
 
 class TapeWorker(SimpleWorker):
@@ -76,9 +98,18 @@ class TapeWorker(SimpleWorker):
 
     max_connection_wait_time = REDIS_RETRY_MAX_S  # RQ's backoff around a failed dequeue
 
-    def __init__(self, *args: Any, runner: TensorFlowProcess | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        runner: TensorFlowProcess | None = None,
+        big_result_bytes: int = BIG_RESULT_BYTES,
+        big_result_ttl_s: int = BIG_RESULT_TTL_S,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.runner = runner
+        self.big_result_bytes = big_result_bytes
+        self.big_result_ttl_s = big_result_ttl_s
         self._running_job: Job | None = None
         self._preparing: Pipeline | None = None  # prepare_execution's commands, sent with the job's preparation
         self._prepared: SentTransaction | None = None  # the running job's start, its replies unread
@@ -221,12 +252,58 @@ class TapeWorker(SimpleWorker):
             log.warning("a job's start was not recorded (%s: %s)", type(exc).__name__, exc)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        """Note the end; a success's last job heartbeat goes with its outcome, not alone."""
-        self._await_prepared()
-        if job.get_status(refresh=False) == JobStatus.FAILED:
-            super().handle_execution_ended(job, queue, heartbeat_ttl)
-            return
+        """Note the end; a success's last job heartbeat goes with its outcome, not alone.
+
+        A Redis that refused the job's start or this heartbeat (full, read-only) still gets
+        the job's outcome: it is written (and waited for) next.
+        """
+        try:
+            self._await_prepared()
+            if job.get_status(refresh=False) == JobStatus.FAILED:
+                super().handle_execution_ended(job, queue, heartbeat_ttl)
+                return
+        except PRESSURE as exc:
+            log.warning("job %s: its start or end was not recorded (%s: %s)", job.id, type(exc).__name__, exc)
         job.ended_at = now()
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry | None = None, exc_string: str = ""
+    ) -> None:
+        """Record the failure as RQ does; wait out a full, read-only or loading Redis and write it again.
+
+        The job's problem (its meta) goes first when it was not written with the job's end.
+        """
+        execution = self.execution  # RQ's cleanup forgets it before the transaction is sent
+        unsaved = jobs.take_unsaved_problem(job.id)
+
+        def record() -> None:
+            self.execution = execution
+            if unsaved:
+                job.save_meta()
+            super(TapeWorker, self).handle_job_failure(job, queue, started_job_registry, exc_string)
+
+        self._write_outcome(job, record)
+
+    def _write_outcome(self, job: Job, record: Callable[[], None]) -> None:
+        """Run `record` (a job's outcome, one transaction); run it again after REWRITE errors, with backoff.
+
+        Redis holds the job all along (it is full, or read-only, or loading it): the outcome
+        is written once it takes writes again. Stops waiting only when the worker is told to
+        stop; RQ then finds the job abandoned, as for a lost worker.
+        """
+        delay = REDIS_RETRY_FIRST_S
+        while True:
+            try:
+                record()
+                return
+            except REWRITE as exc:
+                if self._stop_requested:
+                    raise
+                log.warning(
+                    "job %s: outcome not recorded (%s: %s); again in %.1f s", job.id, type(exc).__name__, exc, delay
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, REDIS_RETRY_MAX_S)
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
         """Record the result, as RQ does, in one transaction.
@@ -239,11 +316,40 @@ class TapeWorker(SimpleWorker):
             super().handle_job_success(job, queue, started_job_registry)
             return
         assert job.started_at is not None and job.ended_at is not None  # set by perform_job
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if result_ttl != 0 and jobs.last_result_bytes > self.big_result_bytes:
+            result_ttl = self.big_result_ttl_s if result_ttl < 0 else min(result_ttl, self.big_result_ttl_s)
+        execution = self.execution  # RQ's cleanup forgets it before the transaction is sent
+
+        def record() -> None:
+            self.execution = execution
+            self._record_success(job, result_ttl)
+
+        try:
+            self._write_outcome(job, lambda: self._unless_full(job, record))
+        except ResultNotStored:
+            self.execution = execution
+            raise
+
+    def _unless_full(self, job: Job, record: Callable[[], None]) -> None:
+        """Run `record`; if Redis is full, keep the job's problem and raise ResultNotStored.
+
+        RQ's failure path then records the failure (small), waiting for room if it must.
+        """
+        try:
+            record()
+        except redis.exceptions.OutOfMemoryError as exc:
+            log.warning("job %s: Redis is full; its result (%d bytes) fails the job", job.id, jobs.last_result_bytes)
+            job.meta[PROBLEM_META] = STORE_FULL_PROBLEM
+            jobs.mark_unsaved_problem(job.id)
+            raise ResultNotStored(STORE_FULL_PROBLEM["detail"]) from exc
+
+    def _record_success(self, job: Job, result_ttl: int) -> None:
+        assert job.started_at is not None and job.ended_at is not None
         with self.connection.pipeline() as pipe:
             job.heartbeat(job.ended_at, 0, pipeline=pipe)  # what handle_execution_ended sends alone
             self.increment_successful_job_count(pipeline=pipe)
             self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-            result_ttl = job.get_result_ttl(self.default_result_ttl)
             if result_ttl != 0:
                 job._handle_success(
                     result_ttl,
@@ -256,7 +362,10 @@ class TapeWorker(SimpleWorker):
             job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipe)
             self.set_state(WorkerStatus.IDLE, pipeline=pipe)  # SimpleWorker would send it alone next
-            pipe.execute()
+            # Sent as redis-py's transaction would be, but an error reply is raised as it is:
+            # redis-py annotates it with the failed command's text, squeezed by textwrap,
+            # which takes seconds for a result of tens of MB (a full Redis refuses it so).
+            SentTransaction(self.connection, [args for args, _ in pipe.command_stack]).result()
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         while True:  # Redis may have gone since `work` saw it
@@ -341,7 +450,8 @@ def retry_redis(attempt: Callable[[], Any], exc: Exception, stopping: Callable[[
     delay = REDIS_RETRY_FIRST_S
     retry = 1
     while not stopping():
-        log.warning("Redis unreachable (%s: %s); retry %d in %.1f s", type(exc).__name__, exc, retry, delay)
+        state = "full or read-only" if isinstance(exc, PRESSURE) else "unreachable"
+        log.warning("Redis %s (%s: %s); retry %d in %.1f s", state, type(exc).__name__, exc, retry, delay)
         time.sleep(delay)
         try:
             attempt()

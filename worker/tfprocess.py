@@ -9,12 +9,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import signal
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from worker.graph.errors import InternalError, TapeserveError
+from worker.graph.errors import FieldError, InternalError, MemoryLimitExceeded, TapeserveError
 from worker.graph.limits import Limits
 
 log = logging.getLogger("tapeserve.tfprocess")
@@ -56,9 +57,26 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: bool, parent_pid: int) -> None:
-    """Run jobs from `conn` until it closes: each message a document, each answer a tuple."""
+def cap_memory(memory_limit_mb: int) -> None:
+    """Have the kernel refuse private allocations past the cap (RLIMIT_DATA; Linux >= 4.7 counts mmap too).
+
+    RLIMIT_AS would count the address space TensorFlow reserves and never touches (its
+    thread stacks, glibc's arenas, 1.4 GB when warm), so it would refuse far below the cap.
+    """
+    if memory_limit_mb > 0:
+        cap = memory_limit_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+
+
+def serve(
+    conn: Connection, device: str | None, limits: Limits, require_gpu: bool, parent_pid: int, memory_limit_mb: int = 0
+) -> None:
+    """Run jobs from `conn` until it closes: each message a document, each answer a tuple.
+
+    A batch's slots are sent one message each as they finish ("slot"), then its answer.
+    """
     die_with_parent(parent_pid)
+    cap_memory(memory_limit_mb)
     # Ctrl-C in a terminal signals the whole process group, and so may a supervisor's SIGTERM:
     # the parent decides when we stop (it finishes the running job first, then closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,7 +85,7 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
     import orjson
     import tensorflow as tf
 
-    from worker.engine import cache_stats, describe, run_json, run_task
+    from worker.engine import batch_slots, cache_stats, describe, run_json, run_task
 
     if require_gpu and not tf.config.list_physical_devices("GPU"):
         conn.send(("fatal", "this worker serves the gpu pool but TensorFlow sees no GPU"))
@@ -88,8 +106,16 @@ def serve(conn: Connection, device: str | None, limits: Limits, require_gpu: boo
         try:
             doc = orjson.loads(payload) if isinstance(payload, bytes | str) else payload
             info = describe(doc)
-            out = run_task(kind, doc, limits=limits, device=tf_device, check_values=check_values)
+            if kind == "batch":
+                for slot in batch_slots(doc, limits=limits, device=tf_device, check_values=check_values):
+                    conn.send(("slot", slot, {}))
+                out = b""  # the parent joins the slots
+            else:
+                out = run_task(kind, doc, limits=limits, device=tf_device, check_values=check_values)
             answer: tuple[str, Any, dict[str, Any]] = ("ok", out, info)
+        except MemoryError:
+            no_memory = MemoryLimitExceeded(FieldError("", "Python could not allocate memory (MemoryError)"))
+            answer = ("error", no_memory.problem(), info)
         except orjson.JSONDecodeError:
             not_json = InternalError([], detail="internal error: the stored request is not JSON")
             answer = ("error", not_json.problem(), info)
