@@ -22,7 +22,7 @@ import requests
 from redis import Redis
 from redis.exceptions import OutOfMemoryError
 
-from tests.conftest import InProcessWorker, wait_until
+from tests.conftest import InProcessWorker, free_port, wait_until
 from tests.test_engine import EXAMPLE_1, EXAMPLE_3
 from tests.test_faults import (
     MEDIUM_GRAPH,
@@ -221,7 +221,7 @@ def fill(client: Redis) -> None:
 
 
 @pytest.mark.e2e
-def test_a_full_redis_is_waited_out_and_the_job_ends_failed_once_memory_is_freed(tmp_path: Path) -> None:
+def test_a_full_or_read_only_redis_is_waited_out_and_the_job_outcome_recorded(tmp_path: Path) -> None:
     fs = build_stack(tmp_path, 1)
     client = fs.redis.client()
     try:
@@ -250,6 +250,21 @@ def test_a_full_redis_is_waited_out_and_the_job_ends_failed_once_memory_is_freed
         # The same worker and TensorFlow process go on.
         assert_next_request_succeeds(fs.stack)
         assert worker.poll() is None and fs.tf_pid(0) == tf
+
+        # A failover: Redis is a replica (read-only) when the job ends; once it is primary
+        # again (the job still in it), the worker records the job's result.
+        location, job_id = post_async(fs.stack, MEDIUM_GRAPH)
+        wait_for_status(fs.stack, location, "started", 60)
+        client.replicaof("127.0.0.1", str(free_port()))  # no primary there: it keeps its data
+        wait_until(lambda: job_lines(fs, job_id) != [], 60, "the job to end")
+        time.sleep(1)
+        assert worker.poll() is None and fs.stack.get(location).json()["status"] == "started"
+        messages = [r["message"] for r in fs.records(0)]
+        assert any(m.startswith(f"job {job_id}: outcome not recorded (ReadOnlyError") for m in messages)
+        client.replicaof("NO", "ONE")
+        doc = wait_for_status(fs.stack, location, "finished", 30)
+        assert doc["result"]["gradients"]["s"]["shape"] == []
+        assert_next_request_succeeds(fs.stack)
     finally:
         client.close()
         tear_down(fs)
