@@ -1,22 +1,72 @@
 """Gunicorn settings for the API (`gunicorn -c gunicorn.conf.py "service:create_app()"`).
 
-Threads, not processes alone: a request may wait (long-poll) on Redis for its result, and
-a waiting thread costs little while the job runs on a worker elsewhere.
+gevent, not threads: a request may wait (long-poll, up to MAX_WAIT_S) on Redis for its result,
+and a waiting greenlet costs a few KiB where a thread is one of a fixed few. With 2 processes
+x 16 threads, 64 long-polls kept `/healthz` waiting 11 s; with gevent it answers as when idle
+(docs/scaling.md). Slow clients are nginx's to absorb: `make run` and compose put it in front.
 """
 
+import http
+import json
 import os
+
+import gunicorn
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.http import HTTP_STATUS_CODES
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # one per core on the 2-core reference host
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))  # concurrent waits per process
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # requests at once, per process
 timeout = 120  # > the longest wait a client may ask for (MAX_WAIT_S, 60 s) plus slack
 graceful_timeout = 30
 keepalive = 5
+control_socket_disable = True  # unused; one per user's home, so concurrent servers would share it
 accesslog = None  # per-request lines come from the app's own log at DEBUG, not here
 errorlog = "-"
 limit_request_line = 8190
 limit_request_fields = 100
+
+# gunicorn answers a request it cannot parse (a malformed request line, a header too large)
+# itself, in HTML. Here those answers are RFC 9457 problem documents, as every other error.
+# util.write_error is the one writer of them (workers/base.py, handle_error); a test sends each
+# kind of bad request and checks what comes back.
+SUPPORTED_GUNICORN = "27."  # the series whose handle_error this relies on
+
+
+def write_problem(sock, status_int: int, reason: str, mesg: str) -> None:  # type: ignore[no-untyped-def]
+    """Write gunicorn's own error answer as application/problem+json (util.write_error's signature)."""
+    # Named as the API names werkzeug's HTTP errors (service/problems.py), so that a 431 is one
+    # problem type whether gunicorn, nginx or the app refuses the request.
+    title = HTTP_STATUS_CODES.get(status_int, reason)
+    kind = "internal-error" if status_int >= 500 else title.lower().replace(" ", "-")
+    body = json.dumps(
+        {
+            "type": f"https://tapeserve.dev/problems/{kind}",
+            "title": title,
+            "status": status_int,
+            "detail": mesg[:512] or http.HTTPStatus(status_int).description,
+            "errors": [],
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class ProblemGeventWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, whose own error answers are problem documents."""
+
+    def init_process(self) -> None:
+        if not gunicorn.__version__.startswith(SUPPORTED_GUNICORN):
+            raise RuntimeError(f"gunicorn {gunicorn.__version__}: write_problem is written for {SUPPORTED_GUNICORN}x")
+        util.write_error = write_problem
+        super().init_process()
+
+
+worker_class = ProblemGeventWorker
 
 # prometheus-client's multiprocess mode: every gunicorn worker writes its metrics to files in
 # one directory, which /metrics adds up. The directory must exist, empty, before they start.

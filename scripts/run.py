@@ -1,11 +1,17 @@
 """`make run`: Redis (when none answers at REDIS_URL), one worker and the API, in the foreground.
 
-Ctrl-C or SIGTERM stops everything this script started, and nothing else.
+When nginx is installed it listens on 127.0.0.1:$PORT in front of gunicorn, which then serves
+on a unix socket in a private directory: nginx reads each request whole before gunicorn sees
+it, so slow clients cannot hold gunicorn (deploy/nginx/, docs/scaling.md). Without nginx,
+gunicorn listens on $PORT itself. Ctrl-C or SIGTERM stops everything this script started,
+and nothing else, and removes the private directory.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +24,61 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ensure_nginx import find_nginx  # noqa: E402
 from ensure_redis import ensure_redis_server  # noqa: E402
 
+from worker.graph.limits import Limits  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "tapeserve.conf.template"
+PROBLEMS_DIR = ROOT / "deploy" / "nginx" / "problems"
+
+# The main configuration around the template (compose's nginx image has its own): everything
+# nginx writes goes to the private directory, so it runs as any user, root or not.
+NGINX_MAIN = """\
+{user}worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log stderr error;
+daemon off;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    include {workdir}/tapeserve.conf;
+}}
+"""
+
+
+def render_template(text: str, values: dict[str, str]) -> str:
+    """Substitute ${NAME} for the given names only, as the nginx image's envsubst does."""
+    rendered = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
+    left = sorted(set(re.findall(r"\$\{(TAPESERVE_\w+)\}", rendered)))
+    if left:
+        raise ValueError(f"no value for {', '.join(left)}")
+    return rendered
+
+
+def write_nginx_config(workdir: Path, *, listen: str, api: str, max_body_bytes: int) -> Path:
+    """Write nginx.conf and the rendered template into `workdir`; return nginx.conf's path."""
+    values = {
+        "TAPESERVE_LISTEN": listen,
+        "TAPESERVE_API": api,
+        "TAPESERVE_PROBLEMS_DIR": str(PROBLEMS_DIR),
+        "TAPESERVE_MAX_BODY_BYTES": str(max_body_bytes),
+    }
+    (workdir / "tapeserve.conf").write_text(render_template(NGINX_TEMPLATE.read_text(), values))
+    # As root, nginx would hand its workers to `nobody`, who cannot read the private directory:
+    # they run as the user of make run instead, like gunicorn and the worker.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    main = workdir / "nginx.conf"
+    main.write_text(NGINX_MAIN.format(user=user, workdir=workdir))
+    return main
 
 
 def redis_answers(url: str) -> bool:
@@ -64,11 +122,27 @@ def main() -> int:
                 return 1
             time.sleep(0.1)
     python = sys.executable
+    host = os.environ.get("HOST", "127.0.0.1")
+    nginx = find_nginx()
+    frontdoor = tempfile.mkdtemp(prefix="tapeserve-frontdoor-")  # 0700: the socket is ours alone
+    socket_path = Path(frontdoor) / "api.sock"
+    gunicorn = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+    if nginx is None:
+        print("nginx is not installed: gunicorn serves clients directly (slow clients can hold it)", flush=True)
+    else:
+        gunicorn += ["--bind", f"unix:{socket_path}"]
+        os.environ.setdefault("TAPESERVE_PROXY_HOPS", "1")  # the client's address is in X-Forwarded-For
     children.append(subprocess.Popen([python, "-m", "worker", "--pool", "cpu"], cwd=ROOT))
-    children.append(
-        subprocess.Popen([python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"], cwd=ROOT)
-    )
-    print(f"tapeserve: API on http://127.0.0.1:{port} (docs at /docs); Ctrl-C stops it", flush=True)
+    children.append(subprocess.Popen([*gunicorn, "service:create_app()"], cwd=ROOT))
+    if nginx is not None:
+        config = write_nginx_config(
+            Path(frontdoor),
+            listen=f"{host}:{port}",
+            api=f"unix:{socket_path}",
+            max_body_bytes=int(os.environ.get("TAPESERVE_MAX_BODY_BYTES") or Limits().max_body_bytes),
+        )
+        children.append(subprocess.Popen([nginx, "-p", frontdoor, "-e", "stderr", "-c", str(config)], cwd=frontdoor))
+    print(f"tapeserve: API on http://{host}:{port} (docs at /docs); Ctrl-C stops it", flush=True)
 
     stopping = False
 
@@ -94,6 +168,7 @@ def main() -> int:
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
+        shutil.rmtree(frontdoor, ignore_errors=True)
 
 
 if __name__ == "__main__":

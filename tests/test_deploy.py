@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -610,7 +611,9 @@ def test_redis_keeps_jobs_it_has_accepted() -> None:
 def test_other_services_wait_for_a_healthy_redis() -> None:
     for name, service in services().items():
         assert service.get("restart") in ("unless-stopped", "always"), f"{name} has no restart policy"
-        if name != "redis":
+        if name == "nginx":
+            assert service["depends_on"]["api"]["condition"] == "service_healthy", "nginx waits for the API"
+        elif name != "redis":
             assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
             assert environment(service).get("REDIS_URL", "redis://redis:6379/0") == "redis://redis:6379/0"
 
@@ -621,7 +624,101 @@ def test_api_runs_gunicorn_with_keys_on() -> None:
     assert env["HOST"] == "0.0.0.0"
     assert env["TAPESERVE_API_KEYS_FILE"] == secret_path(api, "api_keys")
     assert compose()["secrets"]["api_keys"]["file"] == "./secrets/api_keys.txt"
-    assert api["ports"] == [f"127.0.0.1:{env['PORT']}:{env['PORT']}"]
+    assert "ports" not in api, "clients reach the API through nginx only"
+    assert api["expose"] == [env["PORT"]]
+    assert env["TAPESERVE_PROXY_HOPS"] == "1", "the client's address comes from nginx's X-Forwarded-For"
+    assert "gevent" in installed_distributions("api"), "gunicorn.conf.py's worker class"
+
+
+# ================================================================ tests: nginx in front
+
+
+def nginx_service() -> tuple[dict[str, Any], dict[str, str]]:
+    nginx = services()["nginx"]
+    env = environment(nginx)
+    return nginx, {k: v or "" for k, v in env.items()}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Return the service's bind mounts, container path to repository path."""
+    found = {}
+    for volume in service["volumes"]:
+        source, target = volume.removesuffix(":ro").split(":", 1)
+        assert volume.endswith(":ro"), f"{volume} is mounted writable"
+        found[target] = source
+    return found
+
+
+def test_nginx_fronts_the_api_with_the_template_make_run_uses() -> None:
+    from worker.graph.limits import Limits
+
+    nginx, env = nginx_service()
+    api_env = environment(services()["api"])
+    assert PINNED_TAG.search(nginx["image"]) and nginx["image"].startswith("nginx:")
+    assert env["TAPESERVE_API"] == f"api:{api_env['PORT']}"
+    assert nginx["ports"] == [f"127.0.0.1:8000:{env['TAPESERVE_LISTEN']}"]
+    assert set(nginx["networks"]) & set(services()["api"]["networks"]) == {"frontend"}
+    assert not compose()["networks"]["frontend"] or not compose()["networks"]["frontend"].get("internal")
+    bound = mounts(nginx)
+    assert bound["/etc/nginx/templates/default.conf.template"] == "./deploy/nginx/tapeserve.conf.template"
+    assert bound[env["TAPESERVE_PROBLEMS_DIR"]] == "./deploy/nginx/problems"
+    # ${TAPESERVE_MAX_BODY_BYTES:-N}: the default is the API's own default.
+    default = re.fullmatch(r"\$\{TAPESERVE_MAX_BODY_BYTES:-(\d+)\}", env["TAPESERVE_MAX_BODY_BYTES"])
+    assert default and int(default.group(1)) == Limits().max_body_bytes
+    assert "TAPESERVE_MAX_BODY_BYTES" in api_env, "the API gets the same limit"
+    # The image's envsubst touches only variables that match the filter: every one the template
+    # uses, and none of nginx's own ($host, $remote_addr).
+    template = (ROOT / "deploy/nginx/tapeserve.conf.template").read_text()
+    placeholders = set(re.findall(r"\$\{(\w+)\}", template))
+    assert placeholders == {k for k in env if k.startswith("TAPESERVE_")}
+    assert all(re.search(env["NGINX_ENVSUBST_FILTER"], name) for name in placeholders)
+    assert not [v for v in re.findall(r"\$(\w+)", template) if re.search(env["NGINX_ENVSUBST_FILTER"], v)]
+
+
+def test_every_nginx_error_page_is_a_problem_document() -> None:
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    template = (ROOT / "deploy/nginx/tapeserve.conf.template").read_text()
+    pages = re.findall(r"error_page (\d+) (?:=(\d+) )?/_problems/(\d+)\.json;", template)
+    statuses = {int(answered or code) for code, answered, _ in pages}
+    assert statuses >= {400, 408, 413, 414, 431, 500, 502, 503, 504}
+    assert "494" in {code for code, _, _ in pages}, "nginx's own 'header too large'"
+    for code, answered, page in pages:
+        status = int(answered or code)
+        assert int(page) == status
+        doc = json.loads((ROOT / "deploy/nginx/problems" / f"{page}.json").read_text())
+        assert doc["status"] == status and doc["errors"] == [] and doc["detail"]
+        kind = "internal-error" if status == 500 else HTTP_STATUS_CODES[status].lower().replace(" ", "-")
+        assert doc["type"] == f"https://tapeserve.dev/problems/{kind}", "the API names the same status so"
+        assert doc["title"] in (HTTP_STATUS_CODES[status], "Internal error")
+
+
+def test_gunicorn_runs_gevent_workers_that_answer_its_own_errors_as_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+
+    from gunicorn.workers.ggevent import GeventWorker
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert issubclass(conf["worker_class"], GeventWorker)
+    assert conf["worker_connections"] >= 512, "far more than the long-polls the tests hold"
+    left, right = socket.socketpair()
+    with left, right:
+        conf["write_problem"](left, 431, "Request Header Fields Too Large", "Error parsing headers: 'x'")
+        answer = right.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"Content-Type: application/problem+json" in head
+    assert b"Content-Length: %d" % len(body) in head
+    assert json.loads(body) == {
+        "type": "https://tapeserve.dev/problems/request-header-fields-too-large",
+        "title": "Request Header Fields Too Large",
+        "status": 431,
+        "detail": "Error parsing headers: 'x'",
+        "errors": [],
+    }
 
 
 def test_cpu_worker_scales() -> None:
