@@ -10,10 +10,10 @@ replacement process is spawned before the error is raised and warms up while RQ 
 failure; the worker waits for it (`ensure_warm`) before it takes the next job, so that job
 runs on a warm TensorFlow.
 
-The memory cap is kept twice: the TensorFlow process sets RLIMIT_DATA on itself (the kernel
-refuses a private allocation past it: TensorFlow answers ResourceExhaustedError, NumPy
-MemoryError, some kernels crash), and while a job runs this process reads the TF process's
-resident memory every MEMORY_SAMPLE_S and kills it past the cap.
+The memory cap is kept twice: while a job runs this process reads the TF process's resident
+memory every MEMORY_SAMPLE_S and kills it past the cap; behind that, the TF process sets
+RLIMIT_DATA on itself at twice the cap (an allocation past it fails: TensorFlow answers
+ResourceExhaustedError, NumPy MemoryError). Either fails the job with memory-limit-exceeded.
 
 A batch's slots come back one message each as they finish: a batch cut short by a time-out,
 a crash or the memory cap keeps the slots that finished.
