@@ -868,6 +868,7 @@ def test_duplicate_keys_keep_the_last_value(client: Any, worker: Any) -> None:
 
 # --- every limit: at the limit accepted, one over refused, naming the limit, value and pointer -----
 
+COST_2 = parse_request(EXAMPLE_2).cost or pytest.fail("a checked request has a cost")
 SIX_FLOATS = base64.b64encode(np.ones(6, dtype="<f4").tobytes()).decode()
 X23 = {"fill": 1.0, "shape": [2, 3]}
 
@@ -973,6 +974,19 @@ LIMIT_CASES = [
     limit_case("max_total_elements", 14, EXAMPLE_2_GRAPH, "/ops", id="max_total_elements-graph"),
     limit_case("max_total_elements", 14, EXAMPLE_2, "/expression", id="max_total_elements-expression"),
     limit_case("max_batch_graphs", 2, {"graphs": [EXAMPLE_1, EXAMPLE_3]}, "/graphs", endpoint="/v1/batches"),
+    limit_case("max_dimension", 3, EXAMPLE_2, "/tensors/x", 413, id="max_dimension-input"),
+    limit_case(
+        "max_dimension",
+        3,
+        {"tensors": {"x": 1.0}, "expression": "reduce_sum(broadcast_to(x, shape=[2, 3]))", "sources": ["x"]},
+        "/expression",
+        id="max_dimension-intermediate",
+    ),
+    # The cost model's estimates of EXAMPLE_2, whatever they are: these cases check the wiring
+    # (the limit, its value and the pointer); tests/test_costmodel.py checks the estimates.
+    limit_case("max_result_bytes", COST_2.result_bytes, EXAMPLE_2, "/sources/0"),
+    limit_case("max_memory_bytes", COST_2.memory_bytes, EXAMPLE_2, "/expression"),
+    limit_case("max_flops", COST_2.flops, EXAMPLE_2, "/expression"),
 ]
 
 

@@ -31,12 +31,27 @@ class FieldError:
     path: str
     message: str
     position: int | None = None  # character offset, for errors inside `expression`
+    # For a refusal by a limit: the limit's name, its value, and what the request measured
+    # or was estimated to need, so that a client can act on it without parsing the message.
+    limit: str | None = None
+    maximum: int | float | None = None
+    estimate: int | float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "message": self.message}
         if self.position is not None:
             out["position"] = self.position
+        if self.limit is not None:
+            out["limit"] = self.limit
+            out["maximum"] = self.maximum
+            out["estimate"] = self.estimate
         return out
+
+    @classmethod
+    def from_dict(cls, item: dict[str, Any]) -> FieldError:
+        """Read an error item back (from a problem document that crossed a pipe or a queue)."""
+        keys = ("position", "limit", "maximum", "estimate")
+        return cls(item["path"], item["message"], **{k: item.get(k) for k in keys})
 
 
 class TapeserveError(Exception):
@@ -97,8 +112,17 @@ class ErrorCollector:
     def add(self, path: str, message: str, position: int | None = None) -> None:
         self.errors.append(FieldError(path, message, position))
 
-    def limit(self, path: str, message: str) -> None:
-        self.limit_errors.append(FieldError(path, message))
+    def limit(
+        self,
+        path: str,
+        message: str,
+        position: int | None = None,
+        *,
+        limit: str | None = None,
+        maximum: int | float | None = None,
+        estimate: int | float | None = None,
+    ) -> None:
+        self.limit_errors.append(FieldError(path, message, position, limit, maximum, estimate))
 
     def absorb(self, exc: TapeserveError) -> None:
         """Add the errors of an exception raised by a part of the validator."""
@@ -157,7 +181,7 @@ class RemoteProblem(TapeserveError):
 
     def __init__(self, problem: dict[str, Any]):
         self._problem = problem
-        errors = [FieldError(e["path"], e["message"], e.get("position")) for e in problem.get("errors", [])]
+        errors = [FieldError.from_dict(e) for e in problem.get("errors", [])]
         super().__init__(errors, detail=problem.get("detail", ""))
         self.status = int(problem.get("status", 500))
         self.kind = str(problem.get("type", "")).rsplit("/", 1)[-1] or "internal-error"

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cost import Cost
 from .opspec import OpSpec, TensorInfo
 from .tensors import TensorSpec
 
@@ -89,6 +90,8 @@ class GradientRequest:
     device: str = "any"
     encoding: str = "json"
     infos: dict[Ref, TensorInfo] = field(default_factory=dict)
+    expression: bool = False  # the graph came as an `expression` (errors about it point there)
+    cost: Cost | None = None  # the cost model's estimate (worker/graph/cost.py), once checked
 
     def info(self, ref: Ref) -> TensorInfo:
         return self.infos[ref]

@@ -30,7 +30,7 @@ class Limits:
     max_intermediate_elements: int = 16_777_216  # elements of any op's output (64 MiB of float32)
     max_result_elements: int = 16_777_216  # elements of a Jacobian or Hessian: 64 MiB of float32
     max_total_elements: int = 134_217_728  # all intermediates together: 512 MiB of float32
-    max_result_bytes: int = 67_108_864  # 64 MiB: the encoded result, estimated before anything runs
+    max_result_bytes: int = 134_217_728  # 128 MiB: the encoded result, worst case, estimated before anything runs
     max_memory_bytes: int = 2_147_483_648  # 2 GiB: estimated peak working memory of one job, backward pass included
     max_flops: int = 4_000_000_000_000  # estimated floating-point operations of one job, backward pass included
     max_batch_graphs: int = 1_000  # graphs in one `POST /v1/batches`

@@ -166,9 +166,9 @@ def mode_fields(doc: Mapping[str, Any], req: GradientRequest, limits: Limits, er
     for name, src in source_infos.items():
         path = pointer("sources", req.sources.index(name))
         if mode == "jacobian":
-            size = target.size * src.size
+            size = target.bound * src.bound
         elif mode == "hessian":
-            size = src.size * src.size
+            size = src.bound * src.bound
         elif mode == "batch_jacobian":
             if target.rank < 1 or src.rank < 1 or target.shape[0] != src.shape[0]:
                 errors.add(
@@ -177,7 +177,7 @@ def mode_fields(doc: Mapping[str, Any], req: GradientRequest, limits: Limits, er
                     f"target is {list(target.shape)}, '{name}' is {list(src.shape)}",
                 )
                 continue
-            size = target.size * (src.size // max(src.shape[0], 1))
+            size = target.bound * (src.bound // max(src.shape[0], 1))
         else:
             continue
         if size > limits.max_result_elements:
@@ -185,4 +185,7 @@ def mode_fields(doc: Mapping[str, Any], req: GradientRequest, limits: Limits, er
                 path,
                 f"the {mode} for '{name}' would have {size} elements, over the limit "
                 f"max_result_elements = {limits.max_result_elements}",
+                limit="max_result_elements",
+                maximum=limits.max_result_elements,
+                estimate=size,
             )

@@ -7,9 +7,10 @@ which TensorFlow function runs (nothing is looked up by name on `tf`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .dtypes import FLOAT_DTYPES, INT_DTYPES
 from .errors import short_repr
@@ -21,6 +22,12 @@ class TensorInfo:
 
     shape: tuple[int, ...]
     dtype: str
+    # Elements counted with every zero dimension as 1, so that a 0 cannot hide the others:
+    # the size every limit counts. Computed once here; limits read it for every tensor.
+    bound: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.__dict__["bound"] = bound_size(self.shape)  # frozen: set as object.__setattr__ would, at half its cost
 
     @property
     def size(self) -> int:
@@ -32,6 +39,28 @@ class TensorInfo:
     @property
     def rank(self) -> int:
         return len(self.shape)
+
+
+def bound_size(shape: Sequence[int]) -> int:
+    """Return prod(max(d, 1)): the size every limit counts (an empty [n, 0] still costs n rows)."""
+    return math.prod(shape) if 0 not in shape else math.prod(d or 1 for d in shape)
+
+
+class OpCost(NamedTuple):
+    """What one op costs when it runs forwards: floating-point operations and scratch elements."""
+
+    flops: int
+    scratch: int = 0  # elements of temporary buffers the kernel allocates besides its outputs
+
+
+def elementwise_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """The default cost rule: every input and output element touched once."""
+    n = 0
+    for t in inputs:
+        n += t.bound
+    for t in outputs:
+        n += t.bound
+    return OpCost(n)
 
 
 class ShapeError(Exception):
@@ -206,6 +235,7 @@ class Example:
 
 
 InferFn = Callable[[Sequence[TensorInfo], Mapping[str, Any]], Sequence[TensorInfo]]
+CostFn = Callable[[Sequence[TensorInfo], Sequence[TensorInfo], Mapping[str, Any]], OpCost]
 
 
 @dataclass(frozen=True)
@@ -229,6 +259,9 @@ class OpSpec:
     # TensorFlow's function for this op, as written in hand-written code: the generated tests
     # compare `fn` against it. Defaults to `name`.
     tf_name: str | None = None
+    # The forward cost of one call, from its static inputs, outputs and attrs: the cost model
+    # (worker/graph/cost.py) derives the backward pass and each mode from it.
+    cost: CostFn = elementwise_cost
 
     def attr(self, name: str) -> AttrSpec | None:
         for a in self.attrs:

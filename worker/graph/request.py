@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from .cost import estimate
 from .errors import ErrorCollector, FieldError, GraphError, pointer, short_repr
 from .expression import parse_expression
 from .graph import (
@@ -90,7 +91,9 @@ def parse_request(
     nodes = _nodes(op_docs, op_paths, positions, tensors, registry, limits, errors)
     ordered = topological_order(nodes, op_paths, errors)
     graph_path = "/expression" if "expression" in doc else "/ops"
-    infos = infer_shapes(ordered, tensors, declared_ids, limits, errors, graph_path)
+    raw_sources = doc.get("sources")
+    source_names = {s for s in raw_sources if isinstance(s, str)} if isinstance(raw_sources, list) else set()
+    infos, tally = infer_shapes(ordered, tensors, declared_ids, limits, errors, graph_path, source_names)
 
     targets, is_list = parse_targets(doc, expr_target, tensors, nodes, declared_ids, infos, errors)
     sources = parse_sources(doc.get("sources"), tensors, nodes, declared_tensors, limits, errors)
@@ -106,8 +109,11 @@ def parse_request(
         device=device,
         encoding=encoding,
         infos=infos,
+        expression="expression" in doc,
     )
     mode_fields(doc, request, limits, errors)
+    if not errors:
+        request.cost = estimate(request, tally, limits, errors)
     errors.raise_if_any()
     return request
 

@@ -15,6 +15,7 @@ from typing import Any
 from .dtypes import DEFAULT_DTYPE, DTYPES, FLOAT_DTYPES, INT_RANGES, ITEMSIZE
 from .errors import ErrorCollector, FieldError, TensorTooLarge, pointer, short_repr
 from .limits import Limits
+from .opspec import bound_size
 
 # The proto3 JSON spelling of non-finite floats, accepted in requests and written in results.
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -208,10 +209,22 @@ def _parse_shape(raw: Any, path: str, errors: ErrorCollector, limits: Limits) ->
 
 
 def _check_size(shape: tuple[int, ...], path: str, limits: Limits) -> None:
-    size = math.prod(shape)
+    """Refuse a tensor over its size limits (413), counting a zero dimension as 1.
+
+    A [33554432, 0] tensor holds nothing, yet each of its rows is a bracket pair in JSON and
+    an entry in every gradient's bookkeeping; counted as prod(shape) a zero hides the rest.
+    """
+    if shape and max(shape) > limits.max_dimension:
+        axis, d = max(enumerate(shape), key=lambda item: item[1])
+        message = f"axis {axis} of length {d} is over the limit max_dimension = {limits.max_dimension}"
+        raise TensorTooLarge(FieldError(path, message, limit="max_dimension", maximum=limits.max_dimension, estimate=d))
+    size = bound_size(shape)
     if size > limits.max_tensor_elements:
-        message = f"{size} elements is over the limit max_tensor_elements = {limits.max_tensor_elements}"
-        raise TensorTooLarge(FieldError(path, message))
+        counted = "elements" if 0 not in shape else "elements (a zero dimension counted as 1)"
+        message = f"{size} {counted} is over the limit max_tensor_elements = {limits.max_tensor_elements}"
+        raise TensorTooLarge(
+            FieldError(path, message, limit="max_tensor_elements", maximum=limits.max_tensor_elements, estimate=size)
+        )
 
 
 def _infer_shape(value: Any, path: str, errors: ErrorCollector, limits: Limits) -> tuple[int, ...] | None:

@@ -15,10 +15,12 @@ from ..opspec import (
     AttrError,
     AttrSpec,
     Example,
+    OpCost,
     OpSpec,
     Sample,
     ShapeError,
     TensorInfo,
+    bound_size,
     broadcast_shapes,
     common_dtype,
     normalize_axis,
@@ -250,6 +252,42 @@ def _cross(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[Tenso
     return [TensorInfo(a.shape, dtype)]
 
 
+# --- cost rules: a multiply-add is two flops -----------------------------------------------
+
+
+def _matmul_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    a = inputs[0]
+    inner = a.shape[-2] if attrs.get("transpose_a") else a.shape[-1]
+    return OpCost(2 * outputs[0].bound * max(inner, 1))
+
+
+def _tensordot_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    a, b = inputs
+    contracted = max(a.bound * b.bound // max(outputs[0].bound, 1), 1)
+    # tensordot transposes and reshapes both operands into matrices first: two copies.
+    return OpCost(2 * outputs[0].bound * contracted, scratch=a.bound + b.bound)
+
+
+def _einsum_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """Every combination of label values once: the naive loop nest bounds any contraction order."""
+    terms, _ = _einsum_terms(attrs["equation"], len(inputs))
+    dims, broadcast = _einsum_labels(terms, inputs)
+    combos = bound_size(tuple(dims.values())) * bound_size(broadcast)
+    # TF transposes and broadcasts operands into batch matmuls: copies as large as the inputs,
+    # and with three or more, intermediates as large as the output.
+    scratch = sum(t.bound for t in inputs) + outputs[0].bound * (len(inputs) > 2)
+    return OpCost(2 * combos, scratch=scratch)
+
+
+def _cubic_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """A factorisation: n^3 per n x n matrix, with an n x n workspace for each."""
+    x = inputs[0]
+    n = max(x.shape[-1], 1)
+    matrices = x.bound // (n * n) or 1
+    rhs = inputs[1].bound if len(inputs) > 1 else 0
+    return OpCost(2 * matrices * n**3 + 2 * n * rhs, scratch=x.bound + rhs)
+
+
 TRANSPOSE_A = AttrSpec("transpose_a", "bool", default=False, doc="transpose a's matrices first")
 TRANSPOSE_B = AttrSpec("transpose_b", "bool", default=False, doc="transpose b's matrices first")
 # Well-conditioned matrices: the determinant, inverse and solve have gradients that finite
@@ -269,6 +307,7 @@ OPS = [
         inputs=("a", "b"),
         attrs=(TRANSPOSE_A, TRANSPOSE_B),
         aliases=("linalg.matmul",),
+        cost=_matmul_cost,
         category="linalg",
         examples=(
             Example((Sample((2, 3)), Sample((3, 4)))),
@@ -282,6 +321,7 @@ OPS = [
         infer=_matvec,
         inputs=("a", "b"),
         attrs=(TRANSPOSE_A,),
+        cost=_matmul_cost,
         category="linalg",
         examples=(
             Example((Sample((2, 3)), Sample((3,)))),
@@ -296,6 +336,7 @@ OPS = [
         inputs=("a", "b"),
         attrs=(TensordotAxes("axes", "int_matrix", doc="N, or [a_axes, b_axes]"),),
         aliases=("linalg.tensordot",),
+        cost=_tensordot_cost,
         category="linalg",
         examples=(
             Example((Sample((2, 3)), Sample((3, 2))), {"axes": 1}),
@@ -311,6 +352,7 @@ OPS = [
         inputs=("inputs",),
         attrs=(AttrSpec("equation", "string", doc="subscripts, e.g. 'ij,jk->ik' or '...ij->...ji'"),),
         aliases=("linalg.einsum",),
+        cost=_einsum_cost,
         category="linalg",
         variadic=True,
         examples=(
@@ -326,6 +368,7 @@ OPS = [
         fn=lambda tf, x: tf.linalg.det(x),
         infer=_square_to_scalar,
         inputs=("input",),
+        cost=_cubic_cost,
         category="linalg",
         examples=(Example((WELL,)), Example((WELL_BATCH,))),
     ),
@@ -335,6 +378,7 @@ OPS = [
         fn=lambda tf, x: tf.linalg.inv(x),
         infer=_square_to_square,
         inputs=("input",),
+        cost=_cubic_cost,
         category="linalg",
         examples=(Example((WELL,)), Example((WELL_BATCH,))),
     ),
@@ -344,6 +388,7 @@ OPS = [
         fn=lambda tf, matrix, rhs: tf.linalg.solve(matrix, rhs),
         infer=_solve,
         inputs=("matrix", "rhs"),
+        cost=_cubic_cost,
         category="linalg",
         examples=(
             Example((WELL, Sample((3, 2)))),
@@ -356,6 +401,7 @@ OPS = [
         fn=lambda tf, x: tf.linalg.cholesky(x),
         infer=_square_to_square,
         inputs=("input",),
+        cost=_cubic_cost,
         category="linalg",
         # The kernel reads only the lower triangle, while TF's gradient is symmetric (each
         # off-diagonal entry gets half): element-wise finite differences cannot agree, so

@@ -12,6 +12,7 @@ from ..dtypes import INT32_MAX, INT_DTYPES
 from ..opspec import (
     AttrSpec,
     Example,
+    OpCost,
     OpSpec,
     Sample,
     ShapeError,
@@ -84,10 +85,54 @@ def _windowed(size: int, window: int, stride: int, padding: str) -> int:
     return (size - window) // stride + 1
 
 
-def _window_fits(size: tuple[int, int], window: tuple[int, int], padding: str) -> bool:
-    # A VALID window longer than the input gives TF an empty output, but oneDNN's max pool
-    # divides by zero there and kills the process, and its conv2d returns a wrong shape.
-    return padding == "SAME" or (window[0] <= size[0] and window[1] <= size[1])
+def _check_window(
+    size: tuple[int, int],
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: str,
+    what: str,
+    *,
+    attr: str | None = None,
+    input: int | None = None,
+) -> None:
+    """Bound a sliding window and its strides by the input, for either padding, or raise ShapeError.
+
+    VALID: a window longer than the input gives TF an empty output, but oneDNN's max pool
+    divides by zero there and kills the process, and its conv2d returns a wrong shape.
+    SAME: TF pads the input to fit the window and visits every padded position, so a 2**31
+    window over a 4x4 image runs for minutes; past 2n - 1 every window already covers the
+    whole input, so 2n + 1 refuses nothing that computes anything different.
+    A stride past both the input and the window gives one output per axis, as that length does.
+    """
+    for axis, (n, k, s) in enumerate(zip(size, window, strides, strict=True)):
+        longest = n if padding == "VALID" else 2 * n + 1
+        if k > longest:
+            limit = "the input's" if padding == "VALID" else "twice the input's plus 1,"
+            raise ShapeError(
+                f"the {window[0]}x{window[1]} {what} exceeds the {size[0]}x{size[1]} images: with {padding} padding "
+                f"a window is at most {limit} length ({longest} on axis {axis})",
+                attr=attr,
+                input=input,
+            )
+        if s > max(n, k, 1):
+            raise ShapeError(
+                f"stride {s} on axis {axis} is longer than both the input ({n}) and the window ({k})", attr="strides"
+            )
+
+
+def _window_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """A pool visits every position of its window for every output, padding included."""
+    kh, kw = _spatial(attrs["ksize"], "ksize")
+    return OpCost(outputs[0].bound * kh * kw + inputs[0].bound)
+
+
+def _conv2d_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """A multiply-add per filter tap and output; the im2col patches are the kernel's scratch."""
+    fh, fw, cin, _ = inputs[1].shape
+    taps = max(fh, 1) * max(fw, 1) * max(cin, 1)
+    out = outputs[0]
+    positions = out.bound // max(out.shape[-1], 1)
+    return OpCost(2 * out.bound * taps, scratch=positions * taps)
 
 
 def _conv2d(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[TensorInfo]:
@@ -107,8 +152,10 @@ def _conv2d(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[Tens
         raise ShapeError("TF's CPU kernels have no float64 gradient of a dilated convolution", input=0)
     h, w = x.shape[-3:-1]
     window = ((fh - 1) * dh + 1, (fw - 1) * dw + 1)  # dilation spreads the filter's taps
-    if not _window_fits((h, w), window, attrs["padding"]):
-        raise ShapeError(f"the {window[0]}x{window[1]} filter window exceeds the {h}x{w} images", input=1)
+    if (dh, dw) != (1, 1):
+        _check_window((h, w), window, (sh, sw), attrs["padding"], "dilated filter window", attr="dilations")
+    else:
+        _check_window((h, w), window, (sh, sw), attrs["padding"], "filter window", input=1)
     height = _windowed(h, window[0], sh, attrs["padding"])
     width = _windowed(w, window[1], sw, attrs["padding"])
     return [TensorInfo((*x.shape[:-3], height, width, cout), dtype)]
@@ -122,8 +169,7 @@ def _pool(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[Tensor
     window = _spatial(attrs["ksize"], "ksize")
     sh, sw = _spatial(attrs["strides"], "strides")
     n, h, w, c = x.shape
-    if not _window_fits((h, w), window, attrs["padding"]):
-        raise ShapeError(f"the {window[0]}x{window[1]} window exceeds the {h}x{w} images", attr="ksize")
+    _check_window((h, w), window, (sh, sw), attrs["padding"], "window", attr="ksize")
     height = _windowed(h, window[0], sh, attrs["padding"])
     width = _windowed(w, window[1], sw, attrs["padding"])
     return [TensorInfo((n, height, width, c), x.dtype)]
@@ -248,6 +294,7 @@ OPS = [
                 doc="filter dilation: n, [h, w]; null for 1",
             ),
         ),
+        cost=_conv2d_cost,
         category="nn",
         examples=(
             Example((IMAGES, Sample((2, 2, 2, 3))), {"strides": 1, "padding": "VALID"}),
@@ -270,6 +317,7 @@ OPS = [
         infer=_pool,
         inputs=("input",),
         attrs=(KSIZE, STRIDES, PADDING, DATA_FORMAT),
+        cost=_window_cost,
         category="nn",
         examples=(
             Example((IMAGES,), {"ksize": 2, "strides": 2, "padding": "VALID"}),
@@ -285,6 +333,7 @@ OPS = [
         infer=_pool,
         inputs=("input",),
         attrs=(KSIZE, STRIDES, PADDING, DATA_FORMAT),
+        cost=_window_cost,
         category="nn",
         examples=(
             Example((IMAGES,), {"ksize": 2, "strides": 1, "padding": "VALID"}),
