@@ -11,6 +11,7 @@ from ..opspec import (
     AttrError,
     AttrSpec,
     Example,
+    OpCost,
     OpSpec,
     Sample,
     ShapeError,
@@ -93,6 +94,17 @@ def _norm(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[Tensor
     elif order == "fro":
         raise ShapeError('"fro" is a matrix norm: give two axes', attr="ord")
     return float_reduction(inputs, attrs)
+
+
+def _norm_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """The matrix 2-norm runs an SVD per matrix (n^3, a workspace as large as the input); others read each element."""
+    x = inputs[0]
+    axis = attrs["axis"]
+    if attrs["ord"] == 2 and isinstance(axis, list) and len(axis) == 2:
+        rows, cols = x.shape[axis[0]] or 1, x.shape[axis[1]] or 1
+        matrices = x.bound // (rows * cols)
+        return OpCost(20 * matrices * rows * cols * min(rows, cols), scratch=2 * x.bound)
+    return OpCost(2 * x.bound + outputs[0].bound)
 
 
 def _scan(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[TensorInfo]:
@@ -215,6 +227,7 @@ OPS = [
         infer=_norm,
         attrs=NORM_ATTRS,
         aliases=("linalg.norm",),
+        cost=_norm_cost,
         category="reduction",
         examples=(
             Example((ANY,)),
