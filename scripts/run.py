@@ -142,7 +142,8 @@ def main() -> int:
             max_body_bytes=int(os.environ.get("TAPESERVE_MAX_BODY_BYTES") or Limits().max_body_bytes),
         )
         children.append(subprocess.Popen([nginx, "-p", frontdoor, "-e", "stderr", "-c", str(config)], cwd=frontdoor))
-    print(f"tapeserve: API on http://{host}:{port} (docs at /docs); Ctrl-C stops it", flush=True)
+    front = "nginx in front of gunicorn" if nginx else "gunicorn"
+    print(f"tapeserve: API on http://{host}:{port} ({front}; docs at /docs); Ctrl-C stops it", flush=True)
 
     stopping = False
 
