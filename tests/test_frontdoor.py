@@ -59,7 +59,7 @@ DRIBBLE_EVERY_S = 0.5
 PROBES = 50  # /healthz requests per measurement, one connection each
 SLOWDOWN = 20  # loaded p99 within this many times the idle p99...
 FLOOR_S = 0.2  # ...or this, whichever is larger: one TF op or GC pause on a busy 2-core host
-SMALL_REQUEST_S = 5.0  # a small gradient, queued behind nothing, answers within this
+SMALL_REQUEST_S = 2.0  # a small gradient, queued behind nothing, answers within this
 MAX_BODY_BYTES = 1 << 20  # the stacks' body limit: small, so a body over it is quick to send
 
 SMALL = {"tensors": {"x": 3.0}, "expression": "x*x", "sources": ["x"]}
@@ -226,6 +226,10 @@ class Load:
 
     def long_polls_answered(self) -> int:
         return len(select.select(self.long_polls, [], [], 0)[0])
+
+    def dribblers_cut_off(self) -> int:
+        """Count dribblers the server has answered or closed (a readable socket)."""
+        return len(select.select(self.dribblers, [], [], 0)[0])
 
     def close(self) -> None:
         self.stop.set()
@@ -396,12 +400,14 @@ def test_long_polls_and_slow_clients_do_not_starve_healthz_or_a_small_request(fr
         loaded = healthz_latencies(port, PROBES)
         elapsed, status, body = post_json(port, SMALL)
         answered_early = load.long_polls_answered()
+        cut_off = load.dribblers_cut_off()
     finally:
         load.close()
 
     bound = max(SLOWDOWN * p99(idle), FLOOR_S)
     assert p99(loaded) <= bound, f"{frontdoor.name}: /healthz p99 {p99(loaded):.4f} s loaded, {p99(idle):.4f} s idle"
     assert answered_early == 0, "a long-poll ended before the measurement did: the load was not held"
+    assert cut_off == 0, "a slow client was cut off before the measurement ended: the load was not held"
     assert status == 200, body
     assert json.loads(body)["result"]["gradients"]["x"]["value"] == 6.0
     assert elapsed < SMALL_REQUEST_S, f"{frontdoor.name}: a small request took {elapsed:.2f} s under load"
