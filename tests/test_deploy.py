@@ -673,6 +673,11 @@ def test_nginx_fronts_the_api_with_the_template_make_run_uses() -> None:
     assert placeholders == {k for k in env if k.startswith("TAPESERVE_")}
     assert all(re.search(env["NGINX_ENVSUBST_FILTER"], name) for name in placeholders)
     assert not [v for v in re.findall(r"\$(\w+)", template) if re.search(env["NGINX_ENVSUBST_FILTER"], v)]
+    # The API trusts one hop of X-Forwarded-For (TAPESERVE_PROXY_HOPS=1), so nginx must set it to
+    # the address it saw, never append to what a client sent (that would let a client choose
+    # its own address for the per-address rate limit).
+    assert re.search(r"proxy_set_header X-Forwarded-For \$remote_addr;", template)
+    assert "$proxy_add_x_forwarded_for" not in template
 
 
 def test_every_nginx_error_page_is_a_problem_document() -> None:
