@@ -64,14 +64,18 @@ def render_template(text: str, values: dict[str, str]) -> str:
     return rendered
 
 
-def write_nginx_config(workdir: Path, *, listen: str, api: str, max_body_bytes: int) -> Path:
-    """Write nginx.conf and the rendered template into `workdir`; return nginx.conf's path."""
-    values = {
+def template_values(*, listen: str, api: str, max_body_bytes: int) -> dict[str, str]:
+    """The template's variables for nginx on `listen` in front of gunicorn at `api`."""
+    return {
         "TAPESERVE_LISTEN": listen,
         "TAPESERVE_API": api,
         "TAPESERVE_PROBLEMS_DIR": str(PROBLEMS_DIR),
         "TAPESERVE_MAX_BODY_BYTES": str(max_body_bytes),
     }
+
+
+def write_nginx_config(workdir: Path, values: dict[str, str]) -> Path:
+    """Write nginx.conf and the rendered template into `workdir`; return nginx.conf's path."""
     (workdir / "tapeserve.conf").write_text(render_template(NGINX_TEMPLATE.read_text(), values))
     # As root, nginx would hand its workers to `nobody`, who cannot read the private directory:
     # they run as the user of make run instead, like gunicorn and the worker.
@@ -135,12 +139,9 @@ def main() -> int:
     children.append(subprocess.Popen([python, "-m", "worker", "--pool", "cpu"], cwd=ROOT))
     children.append(subprocess.Popen([*gunicorn, "service:create_app()"], cwd=ROOT))
     if nginx is not None:
-        config = write_nginx_config(
-            Path(frontdoor),
-            listen=f"{host}:{port}",
-            api=f"unix:{socket_path}",
-            max_body_bytes=int(os.environ.get("TAPESERVE_MAX_BODY_BYTES") or Limits().max_body_bytes),
-        )
+        max_body_bytes = int(os.environ.get("TAPESERVE_MAX_BODY_BYTES") or Limits().max_body_bytes)
+        values = template_values(listen=f"{host}:{port}", api=f"unix:{socket_path}", max_body_bytes=max_body_bytes)
+        config = write_nginx_config(Path(frontdoor), values)
         children.append(subprocess.Popen([nginx, "-p", frontdoor, "-e", "stderr", "-c", str(config)], cwd=frontdoor))
     front = "nginx in front of gunicorn" if nginx else "gunicorn"
     print(f"tapeserve: API on http://{host}:{port} ({front}; docs at /docs); Ctrl-C stops it", flush=True)

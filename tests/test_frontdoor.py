@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -255,6 +256,7 @@ def frontdoor_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -339,10 +341,9 @@ def compose_nginx_values(port: int, gunicorn_port: int) -> dict[str, str]:
 
 
 def start_nginx(workdir: Path, values: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start nginx as scripts/run.py does, with the template rendered from `values`."""
     assert NGINX is not None
-    (workdir / "tapeserve.conf").write_text(RUN.render_template(RUN.NGINX_TEMPLATE.read_text(), values))
-    main = workdir / "nginx.conf"
-    main.write_text(RUN.NGINX_MAIN.format(user="user root root;\n" if os.geteuid() == 0 else "", workdir=workdir))
+    main = RUN.write_nginx_config(workdir, values)
     return subprocess.Popen([NGINX, "-p", str(workdir), "-e", "stderr", "-c", str(main)], start_new_session=True)
 
 
@@ -447,12 +448,8 @@ def test_a_chunked_body_over_the_limit_is_413_before_the_api_reads_it(make_run: 
 @needs_nginx
 def test_nginx_with_no_api_behind_it_answers_502_as_a_problem(tmp_path: Path) -> None:
     port = free_port()
-    values = {
-        "TAPESERVE_LISTEN": f"127.0.0.1:{port}",
-        "TAPESERVE_API": f"127.0.0.1:{free_port()}",  # nothing listens there
-        "TAPESERVE_PROBLEMS_DIR": str(RUN.PROBLEMS_DIR),
-        "TAPESERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-    }
+    nothing_there = f"127.0.0.1:{free_port()}"
+    values = RUN.template_values(listen=f"127.0.0.1:{port}", api=nothing_there, max_body_bytes=MAX_BODY_BYTES)
     nginx = start_nginx(tmp_path, values)
     try:
         wait_until(lambda: listening(port), 10, "nginx")
