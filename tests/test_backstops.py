@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,12 +24,11 @@ from redis.exceptions import OutOfMemoryError
 from tests.conftest import InProcessWorker, free_port, wait_until
 from tests.test_engine import EXAMPLE_1, EXAMPLE_3
 from tests.test_faults import (
-    MEDIUM_GRAPH,
-    SLOW_GRAPH,
     FaultStack,
     assert_next_request_succeeds,
     build_stack,
     job_lines,
+    matmul_chain,
     post_async,
     run_seconds,
     tear_down,
@@ -48,8 +46,18 @@ MEMORY_HOG = {
     "sources": ["s"],
 }
 BACKSTOP_LIMIT_S = 6.0  # the stack's time limit: a slow batch slot is cut here
-# The validator's cost model, raised so that MEMORY_HOG reaches the TF process: the cap is what
-# these tests are about. Both the API and the worker read these.
+# 80 chained 2500x2500 matmuls (0.08 s each on this host's fastest CPUs: past the time limit)
+# of a tensor the source does not depend on: nothing is kept for a backward pass, only the
+# chain's outputs (2 GB at most), under the default memory cap.
+SLOW_SMALL_GRAPH = {
+    "tensors": {"a": {"fill": 0.001, "shape": [2500, 2500]}, "s": 2.0},
+    "expression": f"reduce_sum({matmul_chain(80)}) + s",
+    "sources": ["s"],
+}
+# 6 chained matmuls: 0.5 s at the fastest, ~4 s at the slowest, with a scalar answer.
+SHORT_GRAPH = {**SLOW_SMALL_GRAPH, "expression": f"reduce_sum({matmul_chain(6)} * s)"}
+# The validator's cost model, raised so that MEMORY_HOG and SLOW_SMALL_GRAPH reach the TF
+# process: the backstops are what these tests are about. Both the API and the worker read these.
 RAISED_LIMITS = {
     "TAPESERVE_MAX_MEMORY_BYTES": str(2**40),
     "TAPESERVE_MAX_FLOPS": str(2**60),
@@ -71,7 +79,9 @@ def test_a_result_of_empty_rows_is_refused_before_it_is_written() -> None:
         encode_within(empty, 64 * 2**20)
     took = time.perf_counter() - started
     assert took < 0.1, f"{took:.3f} s: the rows were written before the refusal"
-    message = refused.value.errors[0].message
+    item = refused.value.errors[0]
+    assert (item.limit, item.maximum, item.estimate) == ("max_result_bytes", 64 * 2**20, 100663306)
+    message = item.message
     # 3 bytes a row and for the outer list, and the dtype's 7 letters
     assert message == "the result is at least 100663306 bytes as JSON, over the limit max_result_bytes = 67108864"
 
@@ -131,6 +141,17 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         tear_down(fs)
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """One worker with the default memory cap, behind the API, on its own redis-server."""
+    env = {**RAISED_LIMITS, "TAPESERVE_TIME_LIMIT_S": f"{BACKSTOP_LIMIT_S:g}"}
+    fs = build_stack(tmp_path_factory.mktemp("plain"), 1, **env)
+    try:
+        yield fs
+    finally:
+        tear_down(fs)
+
+
 def post_batch(fs: FaultStack, graphs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """POST the graphs as a batch and wait for its results."""
     answer = requests.post(
@@ -161,6 +182,9 @@ def test_a_graph_over_the_memory_cap_fails_once_with_its_own_problem_then_a_fres
         f"the graph needed more memory than the TensorFlow process's memory cap of {MEMORY_CAP_MB} MiB"
         " (tf_memory_limit_mb); it was stopped and not retried"
     )
+    item = error["errors"][0]
+    assert (item["limit"], item["maximum"]) == ("tf_memory_limit_mb", MEMORY_CAP_MB)
+    assert MEMORY_CAP_MB < item["estimate"] < MEMORY_CAP_MB + 256  # what the watch read, in MiB
     assert job_lines(fs, job_id)[0].endswith("outcome=memory-limit-exceeded")
     job = fs.job(job_id)
     assert len(job.results()) == 1  # run once, failed once
@@ -168,23 +192,6 @@ def test_a_graph_over_the_memory_cap_fails_once_with_its_own_problem_then_a_fres
     fs.tf_pid(0, other_than=old_tf)
     assert_next_request_succeeds(fs.stack)
     assert fs.workers[0].poll() is None
-
-
-@pytest.mark.e2e
-def test_a_batch_keeps_the_slots_that_finished_when_one_runs_out_of_time(capped: FaultStack) -> None:
-    fs = capped
-    started = time.monotonic()
-    results = post_batch(fs, [EXAMPLE_1, {"tensors": {}}, EXAMPLE_3, SLOW_GRAPH, EXAMPLE_1])
-    took = time.monotonic() - started
-    print(f"MEASURED batch cut by the {BACKSTOP_LIMIT_S:g} s time limit: answered in {took:.1f} s")
-    assert took <= BACKSTOP_LIMIT_S + 5  # the queueing and the answer, on top of the time limit
-    assert [r["status"] for r in results] == ["finished", "failed", "finished", "failed", "failed"]
-    assert results[0]["result"]["gradients"]["x"]["value"] == 6.0
-    assert results[1]["error"]["type"] == GRAPH_ERRORS + "invalid-graph"  # refused by the API
-    assert results[2]["result"]["gradients"]["x"]["value"] == 6.0
-    assert results[3]["error"]["type"] == GRAPH_ERRORS + "time-limit-exceeded"
-    assert results[4]["error"]["type"] == GRAPH_ERRORS + "not-run"
-    assert_next_request_succeeds(fs.stack)
 
 
 @pytest.mark.e2e
@@ -197,6 +204,23 @@ def test_a_batch_keeps_the_slots_that_finished_when_one_goes_over_the_memory_cap
     assert results[1]["error"]["type"] == GRAPH_ERRORS + "memory-limit-exceeded"
     assert results[2]["error"]["type"] == GRAPH_ERRORS + "not-run"
     fs.tf_pid(0, other_than=old_tf)
+    assert_next_request_succeeds(fs.stack)
+
+
+@pytest.mark.e2e
+def test_a_batch_keeps_the_slots_that_finished_when_one_runs_out_of_time(plain: FaultStack) -> None:
+    fs = plain
+    started = time.monotonic()
+    results = post_batch(fs, [EXAMPLE_1, {"tensors": {}}, EXAMPLE_3, SLOW_SMALL_GRAPH, EXAMPLE_1])
+    took = time.monotonic() - started
+    print(f"MEASURED batch cut by the {BACKSTOP_LIMIT_S:g} s time limit: answered in {took:.1f} s")
+    assert took <= BACKSTOP_LIMIT_S + 5  # the queueing and the answer, on top of the time limit
+    assert [r["status"] for r in results] == ["finished", "failed", "finished", "failed", "failed"]
+    assert results[0]["result"]["gradients"]["x"]["value"] == 6.0
+    assert results[1]["error"]["type"] == GRAPH_ERRORS + "invalid-graph"  # refused by the API
+    assert results[2]["result"]["gradients"]["x"]["value"] == 6.0
+    assert results[3]["error"]["type"] == GRAPH_ERRORS + "time-limit-exceeded"
+    assert results[4]["error"]["type"] == GRAPH_ERRORS + "not-run"
     assert_next_request_succeeds(fs.stack)
 
 
@@ -221,13 +245,13 @@ def fill(client: Redis) -> None:
 
 
 @pytest.mark.e2e
-def test_a_full_or_read_only_redis_is_waited_out_and_the_job_outcome_recorded(tmp_path: Path) -> None:
-    fs = build_stack(tmp_path, 1)
+def test_a_full_or_read_only_redis_is_waited_out_and_the_job_outcome_recorded(plain: FaultStack) -> None:
+    fs = plain
     client = fs.redis.client()
     try:
         worker, tf = fs.workers[0], fs.tf_pid(0)
-        # A job that runs a second or more; Redis fills up meanwhile, so its result is refused.
-        location, job_id = post_async(fs.stack, MEDIUM_GRAPH)
+        # A job that runs half a second or more; Redis fills up meanwhile, so its result is refused.
+        location, job_id = post_async(fs.stack, SHORT_GRAPH)
         wait_for_status(fs.stack, location, "started", 60)
         fill(client)
         wait_until(lambda: job_lines(fs, job_id) != [], 60, "the job to end")
@@ -253,7 +277,7 @@ def test_a_full_or_read_only_redis_is_waited_out_and_the_job_outcome_recorded(tm
 
         # A failover: Redis is a replica (read-only) when the job ends; once it is primary
         # again (the job still in it), the worker records the job's result.
-        location, job_id = post_async(fs.stack, MEDIUM_GRAPH)
+        location, job_id = post_async(fs.stack, SHORT_GRAPH)
         wait_for_status(fs.stack, location, "started", 60)
         client.replicaof("127.0.0.1", str(free_port()))  # no primary there: it keeps its data
         wait_until(lambda: job_lines(fs, job_id) != [], 60, "the job to end")
@@ -266,8 +290,10 @@ def test_a_full_or_read_only_redis_is_waited_out_and_the_job_outcome_recorded(tm
         assert doc["result"]["gradients"]["s"]["shape"] == []
         assert_next_request_succeeds(fs.stack)
     finally:
+        client.delete(*[f"filler:{i}" for i in range(FILLERS)])
+        client.replicaof("NO", "ONE")
+        client.config_set("maxmemory", "0")
         client.close()
-        tear_down(fs)
 
 
 def test_a_big_result_is_kept_for_the_big_result_ttl(redis: Redis, client: Any, worker: InProcessWorker) -> None:

@@ -232,7 +232,8 @@ class TensorFlowProcess:
             if self._over_cap_bytes:
                 over, self._over_cap_bytes = self._over_cap_bytes, 0
                 self._replace("memory cap")
-                raise self._memory_problem(f"resident memory reached {over / 2**20:.0f} MiB")
+                over_mb = -(-over // 2**20)  # rounded up: past the cap, never equal to it
+                raise self._memory_problem(f"resident memory reached {over_mb} MiB", over_mb)
             if self._stop_requested:
                 self._replace("stopped on request")
                 raise JobStopped(FieldError("", "the job was canceled while it ran"))
@@ -250,15 +251,16 @@ class TensorFlowProcess:
                 raise self._memory_problem(problem.errors[0].message if problem.errors else problem.detail)
             raise problem
 
-    def _memory_problem(self, what: str) -> MemoryLimitExceeded:
+    def _memory_problem(self, what: str, reached_mb: int | None = None) -> MemoryLimitExceeded:
         """The job's problem when its TF process went over the cap (or TF could not allocate)."""
         cap = (
             f"the TensorFlow process's memory cap of {self.memory_limit_mb} MiB (tf_memory_limit_mb)"
             if self.memory_limit_mb
             else "the memory this host could give the TensorFlow process"
         )
+        limit = "tf_memory_limit_mb" if self.memory_limit_mb else None
         return MemoryLimitExceeded(
-            FieldError("", f"{what}, over {cap}"),
+            FieldError("", f"{what}, over {cap}", limit=limit, maximum=self.memory_limit_mb, estimate=reached_mb),
             detail=f"the graph needed more memory than {cap}; it was stopped and not retried",
         )
 

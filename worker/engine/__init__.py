@@ -59,7 +59,10 @@ def _result_too_large(least: bool, size: int, max_bytes: int, batch_bytes: int) 
     what = f"the result is {bound}{size} bytes"
     if batch_bytes:
         what = f"with this result ({bound}{size} bytes) the batch's results are {bound}{batch_bytes + size} bytes"
-    return LimitExceeded(FieldError("", f"{what} as JSON, over the limit max_result_bytes = {max_bytes}"))
+    message = f"{what} as JSON, over the limit max_result_bytes = {max_bytes}"
+    return LimitExceeded(
+        FieldError("", message, limit="max_result_bytes", maximum=max_bytes, estimate=batch_bytes + size)
+    )
 
 
 BATCH_FRAME = len(b'{"results":[]}')
