@@ -45,8 +45,8 @@ PFOR_FACTOR = 3
 # set per source element (1.7 to 2.7 measured on sin(outer(x, x))).
 HESSIAN_FACTOR = 6
 # ForwardAccumulator carries a tangent per connected tensor and, for ops with no forward
-# rule, runs a double backward pass of the op: one more temporary.
-JVP_FACTOR = 3
+# rule, runs a double backward pass of the op: two more temporaries.
+JVP_FACTOR = 4
 # Each op's backward pass costs about twice its forward pass (matmul: two matmuls).
 BACKWARD_FLOPS = 2
 
@@ -85,6 +85,7 @@ class Tally:
     """What the forward graph holds and costs, summed during shape inference."""
 
     held_bytes: int = 0  # every tensor: inputs, literals, op outputs (the tape keeps them all)
+    input_bytes: int = 0  # the request's tensors, decoded into arrays before TF copies them
     connected_bytes: int = 0  # tensors that depend on a source: each gets a gradient
     flops: int = 0
     connected_flops: int = 0  # the ops on a path from a source: the backward pass runs these
@@ -173,7 +174,13 @@ def estimate(req: GradientRequest, tally: Tally, limits: Limits, errors: ErrorCo
         result_bytes += ENTRY_CHARS + chars
         raw_bytes += size * ITEMSIZE[dtype]
 
-    held, conn, scratch = tally.held_bytes, tally.connected_bytes, tally.scratch_bytes
+    # The request's arrays are decoded (NumPy) and then copied into tensors: inputs count
+    # twice, and output gradients or tangents (shaped like the targets or sources) twice too.
+    extra = sum(
+        bound_size(t.shape) * ITEMSIZE[t.dtype] for t in (*(req.output_gradients or ()), *(req.tangents or {}).values())
+    )
+    held = tally.held_bytes + tally.input_bytes + 2 * extra
+    conn, scratch = tally.connected_bytes, tally.scratch_bytes
     forward, backward = tally.flops, BACKWARD_FLOPS * tally.connected_flops
     target = req.infos[req.targets[0]]
     what = req.mode

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from .cost import Tally
-from .dtypes import FLOAT_DTYPES
+from .dtypes import FLOAT_DTYPES, ITEMSIZE
 from .errors import ErrorCollector, pointer
 from .graph import Literal, Node, Ref
 from .limits import Limits
@@ -73,6 +73,7 @@ def infer_shapes(
     for n, t in tensors.items():
         given = infos[Ref(n)] = TensorInfo(t.shape, t.dtype)
         tally.hold(given, n in sources and given.dtype in FLOAT_DTYPES)
+        tally.input_bytes += given.bound * ITEMSIZE[given.dtype]
         if n in sources:
             tally.connected.add(n)
     known_ids = {n.id for n in nodes} | declared_ids
