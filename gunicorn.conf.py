@@ -38,8 +38,11 @@ def write_problem(sock, status_int: int, reason: str, mesg: str) -> None:  # typ
     """Write gunicorn's own error answer as application/problem+json (util.write_error's signature)."""
     # Named as the API names werkzeug's HTTP errors (service/problems.py), so that a 431 is one
     # problem type whether gunicorn, nginx or the app refuses the request.
-    title = HTTP_STATUS_CODES.get(status_int, reason)
-    kind = "internal-error" if status_int >= 500 else title.lower().replace(" ", "-")
+    if status_int == 500:
+        title, kind = "Internal error", "internal-error"
+    else:
+        title = HTTP_STATUS_CODES.get(status_int, reason)
+        kind = title.lower().replace(" ", "-")
     body = json.dumps(
         {
             "type": f"https://tapeserve.dev/problems/{kind}",

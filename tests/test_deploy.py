@@ -686,7 +686,7 @@ def test_every_nginx_error_page_is_a_problem_document() -> None:
     template = (ROOT / "deploy/nginx/tapeserve.conf.template").read_text()
     pages = re.findall(r"error_page (\d+) (?:=(\d+) )?/_problems/(\d+)\.json;", template)
     statuses = {int(answered or code) for code, answered, _ in pages}
-    assert statuses >= {400, 408, 413, 414, 431, 500, 502, 503, 504}
+    assert statuses >= {400, 405, 408, 411, 413, 414, 431, 500, 501, 502, 503, 504, 505}
     assert "494" in {code for code, _, _ in pages}, "nginx's own 'header too large'"
     for code, answered, page in pages:
         status = int(answered or code)
@@ -724,6 +724,12 @@ def test_gunicorn_runs_gevent_workers_that_answer_its_own_errors_as_problems(
         "detail": "Error parsing headers: 'x'",
         "errors": [],
     }
+    left, right = socket.socketpair()
+    with left, right:
+        conf["write_problem"](left, 500, "Internal Server Error", "")
+        _, _, body = right.recv(65536).partition(b"\r\n\r\n")
+    assert json.loads(body)["type"] == "https://tapeserve.dev/problems/internal-error", "as the API's own 500"
+    assert json.loads(body)["title"] == "Internal error" and json.loads(body)["detail"]
 
 
 def test_cpu_worker_scales() -> None:

@@ -427,8 +427,19 @@ def test_long_polls_and_slow_clients_do_not_starve_healthz_or_a_small_request(fr
             413,
             "request-entity-too-large",
         ),
+        (b"TRACE /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 405, "method-not-allowed"),
+        (b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not-implemented"),
+        (b"GET /healthz HTTP/3.0\r\nHost: t\r\n\r\n", 505, "http-version-not-supported"),
     ],
-    ids=["header-too-large", "request-line-too-long", "malformed-request-line", "content-length-over-limit"],
+    ids=[
+        "header-too-large",
+        "request-line-too-long",
+        "malformed-request-line",
+        "content-length-over-limit",
+        "trace",
+        "unknown-transfer-coding",
+        "http-version",
+    ],
 )
 def test_nginx_refusals_are_problem_documents(
     frontdoor: FrontDoor, request_bytes: bytes, status: int, kind: str
@@ -490,8 +501,16 @@ def gunicorn_port(request: pytest.FixtureRequest) -> int:
         (REQUEST_LINE_TOO_LONG, 414, "request-uri-too-long"),
         (b"GARBAGE\r\n\r\n", 400, "bad-request"),
         (b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: 1\r\n\r\n", 400, "bad-request"),
+        (b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "bad-request"),
     ],
-    ids=["header-too-large", "too-many-headers", "request-line-too-long", "malformed-request-line", "bad-header-name"],
+    ids=[
+        "header-too-large",
+        "too-many-headers",
+        "request-line-too-long",
+        "malformed-request-line",
+        "bad-header-name",
+        "unknown-transfer-coding",
+    ],
 )
 def test_gunicorns_own_refusals_are_problem_documents(
     gunicorn_port: int, request_bytes: bytes, status: int, kind: str
