@@ -1,5 +1,6 @@
 # `make run` and `make test` set themselves up on a fresh machine (Python 3.11+ and, for
-# Redis, either a redis-server on PATH or apt-get to install one).
+# Redis, either a redis-server on PATH or apt-get to install one). `make run` puts nginx in
+# front of the API when it is installed (`python3 scripts/ensure_nginx.py` installs it).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
