@@ -48,9 +48,8 @@ def load_run_script() -> ModuleType:
 
 RUN = load_run_script()
 NGINX = RUN.find_nginx()
-needs_nginx = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (.ci/run installs it: apt-get install nginx-light)"
-)
+NO_NGINX = "nginx is not installed (.ci/run installs it: python3 scripts/ensure_nginx.py)"
+needs_nginx = pytest.mark.skipif(NGINX is None, reason=NO_NGINX)
 
 # The issue's load: 48 long-polls, then 40 clients that dribble a partial request.
 LONG_POLLS = 48
@@ -354,7 +353,7 @@ def compose_layout(frontdoor_redis: RedisServer, make_run: FrontDoor) -> Iterato
     Jobs go to the worker that make_run started, over the same Redis.
     """
     if NGINX is None:
-        pytest.skip("nginx is not installed (.ci/run installs it: apt-get install nginx-light)")
+        pytest.skip(NO_NGINX)
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     api = compose["services"]["api"]
     gunicorn_port, port = free_port(), free_port()
@@ -386,7 +385,18 @@ def frontdoor(request: pytest.FixtureRequest) -> FrontDoor:
 # -- the tests ------------------------------------------------------------------------------------
 
 
-def test_long_polls_and_slow_clients_do_not_starve_healthz_or_a_small_request(frontdoor: FrontDoor) -> None:
+def queued_for_gpu(redis: RedisServer) -> int:
+    from rq import Queue
+
+    from worker.protocol import OrjsonSerializer, queue_name
+
+    with Redis.from_url(redis.url) as connection:
+        return Queue(queue_name("gpu"), connection=connection, serializer=OrjsonSerializer).count
+
+
+def test_long_polls_and_slow_clients_do_not_starve_healthz_or_a_small_request(
+    frontdoor: FrontDoor, frontdoor_redis: RedisServer
+) -> None:
     port = frontdoor.port
     healthz_latencies(port, 5)  # connections and the first answers are warm
     assert post_json(port, SMALL)[1] == 200
@@ -394,8 +404,10 @@ def test_long_polls_and_slow_clients_do_not_starve_healthz_or_a_small_request(fr
 
     load = Load(port)
     try:
+        queued = queued_for_gpu(frontdoor_redis)
         load.hold_long_polls(LONG_POLLS)
-        time.sleep(0.5)  # each has reached the API and waits on Redis
+        # Each has reached the API, queued its job and waits on Redis.
+        wait_until(lambda: queued_for_gpu(frontdoor_redis) == queued + LONG_POLLS, 10, "the long-polls' jobs")
         load.hold_dribblers(DRIBBLERS)
         time.sleep(DRIBBLE_EVERY_S * 2)  # each has sent more than its first bytes
         loaded = healthz_latencies(port, PROBES)
