@@ -2,8 +2,9 @@
 
 gevent, not threads: a request may wait (long-poll, up to MAX_WAIT_S) on Redis for its result,
 and a waiting greenlet costs a few KiB where a thread is one of a fixed few. With 2 processes
-x 16 threads, 64 long-polls kept `/healthz` waiting 11 s; with gevent it answers as when idle
+x 16 threads, 48 long-polls kept `/healthz` waiting 57 s; with gevent it answers as when idle
 (docs/scaling.md). Slow clients are nginx's to absorb: `make run` and compose put it in front.
+Each process keeps one Redis connection per waiting request.
 """
 
 import http
