@@ -9,7 +9,9 @@ MEASURED prefix (`pytest -s` shows them).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -221,6 +223,32 @@ def test_a_batch_keeps_the_slots_that_finished_when_one_runs_out_of_time(plain: 
     assert results[2]["result"]["gradients"]["x"]["value"] == 6.0
     assert results[3]["error"]["type"] == GRAPH_ERRORS + "time-limit-exceeded"
     assert results[4]["error"]["type"] == GRAPH_ERRORS + "not-run"
+    assert_next_request_succeeds(fs.stack)
+
+
+@pytest.mark.e2e
+def test_a_batch_keeps_the_slots_that_finished_when_its_tensorflow_process_is_killed(plain: FaultStack) -> None:
+    fs = plain
+    tf = fs.tf_pid(0)
+    answer = requests.post(
+        f"{fs.stack.base}/v1/batches",
+        json={"graphs": [EXAMPLE_3, SLOW_SMALL_GRAPH, EXAMPLE_1]},
+        headers={"Prefer": "respond-async"},
+        timeout=30,
+    )
+    assert answer.status_code == 202, answer.text
+    location = answer.headers["Location"]
+    wait_for_status(fs.stack, location, "started", 60)
+    time.sleep(0.5)  # the first slot is done, the second inside its kernels
+    os.kill(tf, signal.SIGKILL)
+    doc = wait_for_status(fs.stack, location, "finished", 30)
+    results = doc["result"]["results"]
+    assert [r["status"] for r in results] == ["finished", "failed", "failed"]
+    assert results[0]["result"]["gradients"]["x"]["value"] == 6.0
+    assert results[1]["error"]["type"] == GRAPH_ERRORS + "worker-crashed"
+    assert results[1]["error"]["detail"] == "the worker crashed while running this graph (killed by SIGKILL)"
+    assert results[2]["error"]["type"] == GRAPH_ERRORS + "not-run"
+    fs.tf_pid(0, other_than=tf)
     assert_next_request_succeeds(fs.stack)
 
 
