@@ -57,7 +57,7 @@ REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone within milliseconds unless t
 # at most a few hundred MB before the kill. An idle worker reads nothing.
 MEMORY_SAMPLE_S = 0.02
 DEFAULT_MEMORY_LIMIT_MB = 4096  # 4 GiB: the warm TF process holds ~0.65 GB, max_memory_bytes allows 2 GiB more
-MIN_MEMORY_LIMIT_MB = 1024  # below this the warm TF process alone (~0.65 GB resident) leaves too little
+WARM_SHARE_MAX = 0.9  # a cap the warm TF process (~0.65 GB resident) already fills this much of is refused
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 NOT_RUN_PROBLEM = {
     "type": "https://tapeserve.dev/problems/not-run",
@@ -110,9 +110,16 @@ class TensorFlowProcess:
         self._over_cap_bytes = 0  # the resident memory at which the watch killed the running task
 
     def start(self) -> None:
-        """Start the process and wait until it has TensorFlow loaded and warm."""
+        """Start the process and wait until it has TensorFlow loaded and warm; refuse a cap it leaves no room under."""
         self._spawn()
         self.ensure_warm()
+        warm = _resident_bytes(f"/proc/{self.pid}/statm") if self.pid else 0
+        if self.memory_limit_mb and warm > self.memory_limit_mb * 2**20 * WARM_SHARE_MAX:
+            self._discard()
+            raise StartupError(
+                f"the warm TensorFlow process holds {warm / 2**20:.0f} MiB: a memory cap of {self.memory_limit_mb} MiB"
+                " leaves no room for a job (tf_memory_limit_mb)"
+            )
 
     @property
     def warm(self) -> bool:
