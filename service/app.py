@@ -16,7 +16,8 @@ from worker.logs import configure_logging
 from worker.redisconn import connect_from_env
 
 from .auth import KeyRing, install_auth, install_key_check, load_keys
-from .config import DEFAULTS, limits_from_config
+from .config import DEFAULTS, inflight_body_bytes, limits_from_config
+from .inflight import BodyBudget, install_body_budget
 from .jobqueue import JobQueue
 from .metrics import install_metrics
 from .problems import register_error_handlers
@@ -44,7 +45,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if int(app.config["PROXY_HOPS"]) > 0:  # the client's address (for the address limit) is in X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_HOPS"]))  # type: ignore[method-assign]
     limits = limits_from_config(app.config)
-    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    # One byte more than the limit: a chunked body must be read one byte past it to tell a body
+    # at the limit from one over it (service.body answers 413 for that byte, naming the limit).
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes + 1
     redis = connect_from_env(
         app.config["REDIS_URL"],
         socket_timeout=REDIS_TIMEOUT_S + float(app.config["MAX_WAIT_S"]),
@@ -65,6 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         limits=limits,
         registry=REGISTRY,
         pools=tuple(p.strip() for p in str(app.config["POOLS"]).split(",") if p.strip()),
+        body_budget=BodyBudget(inflight_body_bytes(app.config, limits)),
     )
 
     @app.before_request
@@ -77,6 +81,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
 
+    # First: a body that does not fit is refused before anything else is spent on it.
+    install_body_budget(app, app.extensions["tapeserve"].body_budget, limits.max_body_bytes)
     install_metrics(app)
     ring = KeyRing(load_keys(str(app.config["API_KEYS"]), str(app.config["API_KEYS_FILE"])))
     # In this order: a wrong key is counted against its address before it is refused.

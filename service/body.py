@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from flask import Request
@@ -19,10 +19,7 @@ def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, by
         raise RequestEntityTooLarge(
             f"the body is {request.content_length} bytes, over the limit max_body_bytes = {max_bytes}"
         )
-    # Read at most one byte past the limit, so a body without Content-Length is bounded too.
-    data = request.stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise RequestEntityTooLarge(f"the body is over the limit max_body_bytes = {max_bytes}")
+    data = read_bounded(request.stream, max_bytes)
     if not data.strip():
         raise BadRequest("the body is empty; send a JSON object")
     try:
@@ -31,6 +28,30 @@ def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, by
         raise BadRequest(f"the body is not valid JSON: {_describe(exc)}") from None
     check_depth(doc, max_depth)
     return doc, data
+
+
+def read_bounded(stream: IO[bytes], max_bytes: int) -> bytes:
+    """Read the whole body, or raise 413 once it is past `max_bytes`.
+
+    A chunked body (no Content-Length) arrives in pieces, so one read is not the body: read
+    until the end, at most one byte past the limit. Werkzeug's own MAX_CONTENT_LENGTH check
+    on such a stream (set to the limit plus that byte) raises a bare 413; it becomes this one.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        try:
+            part = stream.read(max_bytes + 1 - size)
+        except RequestEntityTooLarge:
+            size = max_bytes + 1
+            break
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > max_bytes:
+        raise RequestEntityTooLarge(f"the body is over the limit max_body_bytes = {max_bytes}")
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # one read: no copy
 
 
 def check_depth(doc: Any, limit: int) -> None:

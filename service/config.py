@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "ADDRESS_RATE_LIMIT": None,
     "PROXY_HOPS": 0,  # trusted proxies in front that set X-Forwarded-For (nginx: 1); 0 trusts none
     "LOG_FORMAT": "text",
+    # bytes of request bodies one API process holds at once; None: max_body_bytes and a quarter
+    # more (one body at the limit, with room for small ones beside it)
+    "MAX_INFLIGHT_BODY_BYTES": None,
 }
 
 
@@ -37,3 +40,17 @@ def limits_from_config(config: Mapping[str, Any]) -> Limits:
     """Build the request limits from `MAX_*` and `TIME_LIMIT_S` config keys."""
     names = {f.name for f in dataclasses.fields(Limits)}
     return Limits.from_mapping({k.lower(): v for k, v in config.items() if k.lower() in names})
+
+
+def inflight_body_bytes(config: Mapping[str, Any], limits: Limits) -> int:
+    """The per-process budget of body bytes in flight; it must admit one body at the limit."""
+    configured = config.get("MAX_INFLIGHT_BODY_BYTES")
+    if configured is None:
+        return limits.max_body_bytes + limits.max_body_bytes // 4
+    budget = int(configured)
+    if budget < limits.max_body_bytes:
+        raise ValueError(
+            f"MAX_INFLIGHT_BODY_BYTES = {budget} is under max_body_bytes = {limits.max_body_bytes}:"
+            " a body at the limit could never be read"
+        )
+    return budget

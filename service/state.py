@@ -10,6 +10,7 @@ from redis import Redis
 from worker.graph.limits import Limits
 from worker.graph.registry import Registry
 
+from .inflight import BodyBudget
 from .jobqueue import JobQueue
 
 
@@ -20,6 +21,7 @@ class Services:
     limits: Limits
     registry: Registry
     pools: tuple[str, ...]
+    body_budget: BodyBudget
 
 
 def services() -> Services:

@@ -974,6 +974,8 @@ LIMIT_CASES = [
     limit_case("max_total_elements", 14, EXAMPLE_2_GRAPH, "/ops", id="max_total_elements-graph"),
     limit_case("max_total_elements", 14, EXAMPLE_2, "/expression", id="max_total_elements-expression"),
     limit_case("max_batch_graphs", 2, {"graphs": [EXAMPLE_1, EXAMPLE_3]}, "/graphs", endpoint="/v1/batches"),
+    # x * x (1 op) and x**2 + 2*x - 1 (4 ops), counted as their expressions parse
+    limit_case("max_batch_ops", 5, {"graphs": [EXAMPLE_1, EXAMPLE_3]}, "/graphs", endpoint="/v1/batches"),
     limit_case("max_dimension", 3, EXAMPLE_2, "/tensors/x", 413, id="max_dimension-input"),
     limit_case(
         "max_dimension",

@@ -8,6 +8,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 from rq.job import Job
 
+from worker.graph.cost import human_bytes
 from worker.graph.errors import FieldError, LimitExceeded, TapeserveError
 from worker.graph.parsecache import REQUESTS
 from worker.graph.tensors import TensorSpec, packed
@@ -47,23 +48,37 @@ def post_batch() -> Response:
     doc, _ = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
     check_envelope(BATCH_SCHEMA, doc)
     graphs = doc["graphs"]
-    if len(graphs) > svc.limits.max_batch_graphs:
-        raise LimitExceeded(
-            FieldError(
-                "/graphs",
-                f"{len(graphs)} graphs is over the limit max_batch_graphs = {svc.limits.max_batch_graphs}",
-            )
-        )
+    limits = svc.limits
+    check_batch(len(graphs), "max_batch_graphs", limits.max_batch_graphs, f"{len(graphs)} graphs")
+    # The ops written out are counted before any graph is checked, so an oversized batch
+    # costs a pass over lengths; an expression's ops are counted as it is parsed.
+    ops = sum(len(g["ops"]) for g in graphs if isinstance(g, dict) and isinstance(g.get("ops"), list))
+    check_batch(ops, "max_batch_ops", limits.max_batch_ops, f"at least {ops} ops in all graphs together")
     # An invalid graph does not sink the batch: its slot carries its problem to the answer.
     items: list[dict[str, Any]] = []
+    ops = result_bytes = 0
     for graph in graphs:
         try:
             check_envelope(GRADIENT_SCHEMA, graph)
-            parsed = REQUESTS.parse(graph, svc.registry, svc.limits)
-            items.append({"graph": packed_tensors(graph, parsed.tensors) or graph})
+            parsed = REQUESTS.parse(graph, svc.registry, limits)
         except TapeserveError as exc:
             items.append({"problem": exc.problem()})
+            continue
+        ops += len(parsed.nodes)
+        check_batch(ops, "max_batch_ops", limits.max_batch_ops, f"at least {ops} ops in all graphs together")
+        # Each graph's result is within the limit; the batch answers with all of them at once.
+        result_bytes += parsed.cost.result_bytes if parsed.cost is not None else 0
+        what = f"the results of all graphs together would take up to {human_bytes(result_bytes)}"
+        check_batch(result_bytes, "max_result_bytes", limits.max_result_bytes, what)
+        items.append({"graph": packed_tensors(graph, parsed.tensors) or graph})
     return submit(BATCH_FUNCTION, orjson.dumps(items), doc.get("device", "any"))
+
+
+def check_batch(estimate: int, limit: str, maximum: int, what: str) -> None:
+    """Refuse the whole batch (a 422 at /graphs) if `estimate` is over the limit named `limit`."""
+    if estimate > maximum:
+        message = f"{what}, over the limit {limit} = {maximum}"
+        raise LimitExceeded(FieldError("/graphs", message, limit=limit, maximum=maximum, estimate=estimate))
 
 
 def packed_tensors(doc: dict[str, Any], tensors: dict[str, TensorSpec]) -> dict[str, Any] | None:
