@@ -44,8 +44,11 @@ class BodyBudget:
 def body_size(req: Request, max_body_bytes: int) -> int:
     """The bytes a request's body may hold here: its Content-Length, or the limit for a chunked one.
 
-    A body over the limit is refused (413) before it is read, so it holds nothing.
+    Only a POST's body is read (the server discards any other unread, a piece at a time), and
+    a body over the limit is refused (413) before it is read: neither holds anything.
     """
+    if req.method != "POST":
+        return 0
     length = req.content_length
     if length is not None:
         return length if length <= max_body_bytes else 0

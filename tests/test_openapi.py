@@ -270,6 +270,13 @@ def _(env: Env) -> TestResponse:
     return send(env.redis_down(), "/v1/gradients", "post")
 
 
+@scenario("/v1/gradients", "post", "503", "bodies-in-flight-over-budget")
+def _(env: Env) -> TestResponse:
+    app = env.app(MAX_BODY_BYTES=10_000, MAX_INFLIGHT_BODY_BYTES=10_000)
+    app.extensions["tapeserve"].body_budget.reserve(10_000)  # as other requests' bodies would
+    return send(app.test_client(), "/v1/gradients", "post")
+
+
 # POST /v1/batches
 
 
@@ -390,6 +397,16 @@ def _(env: Env) -> TestResponse:
     job_id = env.submit(EXAMPLE_1, client, **{"X-API-Key": "key-a"})
     assert send(client, "/v1/jobs/{job_id}", "get", job_id, **{"X-API-Key": "key-a"}).status_code == 200
     return send(client, "/v1/jobs/{job_id}", "get", job_id, **{"X-API-Key": "key-b"})
+
+
+@scenario("/v1/ops", "get", "503", "rate-limit-store-down")
+def _(env: Env) -> TestResponse:
+    return env.client_of(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", RATE_LIMIT="10/second").get("/v1/ops")
+
+
+@scenario("/v1/limits", "get", "503", "rate-limit-store-down")
+def _(env: Env) -> TestResponse:
+    return env.client_of(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", RATE_LIMIT="10/second").get("/v1/limits")
 
 
 @scenario("/v1/jobs/{job_id}", "get", "503", "redis-down")
