@@ -166,60 +166,52 @@ def _result_pointer(req: GradientRequest, index: int) -> str:
 
 def estimate(req: GradientRequest, tally: Tally, limits: Limits, errors: ErrorCollector) -> Cost:
     """Estimate the request's cost and refuse it (a limit error) where it is over a limit."""
-    encoded = []
+    encoding = req.encoding
     result_bytes, raw_bytes = DOCUMENT_CHARS, 0
     for shape, dtype in result_tensors(req):
-        chars, size = encoded_bytes(shape, dtype, req.encoding)
-        encoded.append(chars)
+        chars, size = encoded_bytes(shape, dtype, encoding)
         result_bytes += ENTRY_CHARS + chars
         raw_bytes += size * ITEMSIZE[dtype]
 
     # The request's arrays are decoded (NumPy) and then copied into tensors: inputs count
     # twice, and output gradients or tangents (shaped like the targets or sources) twice too.
-    extra = sum(
-        bound_size(t.shape) * ITEMSIZE[t.dtype] for t in (*(req.output_gradients or ()), *(req.tangents or {}).values())
-    )
-    held = tally.held_bytes + tally.input_bytes + 2 * extra
+    held = tally.held_bytes + tally.input_bytes
+    for t in (*(req.output_gradients or ()), *(req.tangents.values() if req.tangents else ())):
+        held += 2 * bound_size(t.shape) * ITEMSIZE[t.dtype]
     conn, scratch = tally.connected_bytes, tally.scratch_bytes
-    forward, backward = tally.flops, BACKWARD_FLOPS * tally.connected_flops
-    target = req.infos[req.targets[0]]
-    what = req.mode
-    if req.mode == "gradient":
+    mode = req.mode
+    if mode == "gradient":
         growth = 3**req.order - 1  # 2, 8, 26, 80: each nested tape records the levels below
         working = held + growth * conn + req.order * scratch
-        flops = forward + growth * tally.connected_flops
-        if req.order > 1:
-            what = f"derivative of order {req.order}"
-    elif req.mode == "jvp":
+        flops = tally.flops + growth * tally.connected_flops
+    elif mode == "jvp":
         working = held + JVP_FACTOR * conn + scratch
-        flops = forward + JVP_FACTOR * tally.connected_flops
+        flops = tally.flops + JVP_FACTOR * tally.connected_flops
     else:
-        if req.mode == "jacobian":
+        target = req.infos[req.targets[0]]
+        if mode == "jacobian":
             lanes, factor = target.bound, PFOR_FACTOR
-        elif req.mode == "batch_jacobian":
+        elif mode == "batch_jacobian":
             lanes, factor = target.bound // max(target.shape[0], 1), PFOR_FACTOR
         else:
             lanes, factor = max(bound_size(req.tensors[s].shape) for s in req.sources), HESSIAN_FACTOR
         working = held + BACKWARD_FACTOR * conn + scratch + lanes * (factor * conn + scratch)
-        flops = forward + backward + lanes * factor * backward
+        backward = BACKWARD_FLOPS * tally.connected_flops
+        flops = tally.flops + backward + lanes * factor * backward
     # The TF process holds the result's arrays and its encoding while it writes them out.
     cost = Cost(result_bytes, working + raw_bytes + result_bytes, flops)
-    over_memory = cost.memory_bytes > limits.max_memory_bytes
-    if result_bytes > limits.max_result_bytes or over_memory or flops > limits.max_flops:
-        _refuse(req, tally, cost, encoded, what, limits, errors)
+    if (
+        result_bytes > limits.max_result_bytes
+        or cost.memory_bytes > limits.max_memory_bytes
+        or flops > limits.max_flops
+    ):
+        _refuse(req, tally, cost, limits, errors)
     return cost
 
 
-def _refuse(
-    req: GradientRequest,
-    tally: Tally,
-    cost: Cost,
-    encoded: list[int],
-    what: str,
-    limits: Limits,
-    errors: ErrorCollector,
-) -> None:
+def _refuse(req: GradientRequest, tally: Tally, cost: Cost, limits: Limits, errors: ErrorCollector) -> None:
     if cost.result_bytes > limits.max_result_bytes:
+        encoded = [encoded_bytes(shape, dtype, req.encoding)[0] for shape, dtype in result_tensors(req)]
         where = _result_pointer(req, max(range(len(encoded)), key=encoded.__getitem__))
         errors.limit(
             where,
@@ -229,6 +221,7 @@ def _refuse(
             maximum=limits.max_result_bytes,
             estimate=cost.result_bytes,
         )
+    what = f"derivative of order {req.order}" if req.order > 1 else req.mode
     where, position = _blame(req, tally)
     if cost.memory_bytes > limits.max_memory_bytes:
         errors.limit(

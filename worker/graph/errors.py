@@ -21,6 +21,9 @@ def short_repr(value: Any) -> str:
 
 def pointer(*parts: str | int) -> str:
     """Return the JSON Pointer (RFC 6901) made of these reference tokens."""
+    joined = "/".join(map(str, parts))
+    if parts and "~" not in joined and joined.count("/") == len(parts) - 1:
+        return "/" + joined  # nothing to escape: the common case, at a third of the cost
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
