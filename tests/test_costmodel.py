@@ -242,6 +242,19 @@ def test_windows_up_to_the_bound_are_accepted_and_charged_per_position(padding: 
     assert request.cost.flops >= out * window * window
 
 
+@pytest.mark.parametrize("op", ["nn.max_pool2d", "nn.avg_pool2d"])
+def test_a_window_within_its_bounds_but_slow_is_refused_for_its_compute(op: str) -> None:
+    # 257 x 257 windows over a 1024 x 1024 image: 7e10 window positions, ~35 s forwards at
+    # TF's 2e9 a second, as long again backwards.
+    doc = {
+        "tensors": {"x": {"fill": 1.0, "shape": [1, 1024, 1024, 1]}},
+        "expression": f"reduce_sum({op}(x, ksize=257, strides=1, padding='SAME'))",
+        "sources": ["x"],
+    }
+    found = item(refusal(doc), "max_flops")
+    assert found["path"] == "/expression" and found["position"] == len("reduce_sum(")
+
+
 # --- a hostile shape anywhere a shape is made ---------------------------------------------------
 
 HUGE = 2**31 - 1

@@ -120,10 +120,16 @@ def _check_window(
             )
 
 
+# TF's pooling kernels visit about 2e9 window positions a second where its matmul does 7e10
+# flops (one core of this host's kind): a position is charged as 32 flops, so that max_flops
+# bounds a pool's time as it bounds a matmul's.
+POOL_POSITION_FLOPS = 32
+
+
 def _window_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
     """A pool visits every position of its window for every output, padding included."""
     kh, kw = _spatial(attrs["ksize"], "ksize")
-    return OpCost(outputs[0].bound * kh * kw + inputs[0].bound)
+    return OpCost(POOL_POSITION_FLOPS * outputs[0].bound * kh * kw + inputs[0].bound)
 
 
 def _conv2d_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
