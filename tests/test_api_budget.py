@@ -22,7 +22,7 @@ from redis import Redis
 from werkzeug.serving import make_server
 
 from service import create_app
-from tests.conftest import InProcessWorker, free_port, redis_ping, wait_until
+from tests.conftest import InProcessWorker, free_port, redis_ping, start_stack, stop_stack, wait_until
 from worker.graph.limits import Limits
 from worker.graph.ops import REGISTRY
 from worker.graph.parsecache import REQUESTS
@@ -269,6 +269,19 @@ def test_a_chunked_body_over_the_limit_is_a_413_over_real_http(served: tuple[Any
     # A chunked body under the limit is read whole, however many chunks it comes in.
     status, _, problem = post(port, chunks(long_json(MAX_BODY), 1000), {"Transfer-Encoding": "chunked"})
     assert status == 422 and problem["errors"][0]["path"] == "/expression"
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_through_gunicorn(redis: Redis, redis_server: Any) -> None:
+    stack = start_stack(redis_server, {"TAPESERVE_MAX_BODY_BYTES": str(MAX_BODY)})
+    try:
+        port = int(stack.base.rsplit(":", 1)[1])
+        status, headers, problem = post(port, chunks(long_json(MAX_BODY + 1)), {"Transfer-Encoding": "chunked"})
+        assert status == 413 and headers["Content-Type"] == PROBLEM, problem
+        assert problem["detail"] == f"the body is over the limit max_body_bytes = {MAX_BODY}"
+        status, _, problem = post(port, chunks(long_json(MAX_BODY), 1000), {"Transfer-Encoding": "chunked"})
+        assert status == 422 and problem["errors"][0]["path"] == "/expression"
+    finally:
+        stop_stack(stack)
 
 
 def test_a_chunked_body_over_the_limit_is_a_413_in_the_test_client(redis_server: Any, redis: Redis) -> None:
