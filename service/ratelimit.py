@@ -21,6 +21,7 @@ from .auth import PUBLIC_ENDPOINTS
 from .problems import problem_response
 
 KEY_PREFIX = "tapeserve-ratelimit"
+REDIS_TIMEOUT_S = 5  # seconds, as the API's own Redis calls
 # With keys on, what one address may send, valid key or not: bounds a flood of wrong keys
 # (each costs a hash and a Redis round trip) without slowing a busy client much.
 DEFAULT_ADDRESS_RATE_LIMIT = "100/second"
@@ -64,6 +65,8 @@ def install_rate_limit(app: Flask, key_limit: str, address_limit: str, storage_u
         app=app,
         application_limits=limits,
         storage_uri=storage_uri,
+        # A Redis that hangs fails the request (a 503) instead of holding it.
+        storage_options={"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S},
         strategy="moving-window",
         key_prefix=KEY_PREFIX,
         headers_enabled=False,
