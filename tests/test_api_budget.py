@@ -19,6 +19,8 @@ import orjson
 import pytest
 import redis.exceptions
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from werkzeug.serving import make_server
 
 from service import create_app
@@ -155,6 +157,49 @@ def test_a_read_only_redis_is_a_503_with_retry_after(small_redis: str, full_redi
     finally:
         full_redis.replicaof("NO", "ONE")
     assert client.post("/v1/gradients", json=GRAPH).status_code == 202
+
+
+def test_a_loading_redis_is_a_503_with_retry_after(tmp_path: Any) -> None:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    port = free_port()
+    base = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "no"]
+    seed = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: redis_ping(port), 10, "redis-server")
+    client = Redis(port=port)
+    client.eval("for i = 1, 3000 do redis.call('set', 'k' .. i, 'v') end", 0)
+    client.save()
+    client.shutdown(nosave=True)
+    seed.wait(10)
+    # The same data loaded at 1 ms a key: Redis answers LOADING for at least 3 s, as after a restart.
+    slow = ["--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024"]
+    loading = subprocess.Popen([*base, *slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = Redis(port=port, retry=Retry(NoBackoff(), 0))  # no retries: it sees LOADING as it is
+    try:
+        wait_until(lambda: _loading(probe), 10, "redis-server loading")
+        api = app_on(f"redis://127.0.0.1:{port}/0").test_client()
+        refused = api.post("/v1/gradients", json=GRAPH)
+        assert_unavailable(refused, "POST /v1/gradients")
+        assert refused.json["title"] == "The job store is loading"
+        assert_unavailable(api.post("/v1/batches", json={"graphs": [GRAPH]}), "POST /v1/batches")
+        assert_unavailable(api.get("/v1/jobs/00000000-0000-0000-0000-000000000000"), "GET /v1/jobs")
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json["redis"] == "unreachable (BusyLoadingError)"
+        wait_until(lambda: redis_ping(port), 30, "the load to finish")
+        assert api.get("/readyz").json["redis"] == "ok"
+    finally:
+        client.close()
+        probe.close()
+        loading.terminate()
+        loading.wait(10)
+
+
+def _loading(client: Redis) -> bool:
+    try:
+        client.ping()
+    except redis.exceptions.BusyLoadingError:
+        return True
+    return False
 
 
 # --- the bytes of bodies in flight, and chunked bodies over the limit: a real HTTP server ---
