@@ -10,6 +10,8 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 
 from worker.graph.errors import FieldError, LimitExceeded, pointer
 
+CHUNKED_READ_BYTES = 1 << 20  # a chunked body is read a MiB at a time
+
 
 def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, bytes]:
     """Return the parsed JSON body and its bytes, or raise the HTTP error that says what is wrong."""
@@ -19,7 +21,7 @@ def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, by
         raise RequestEntityTooLarge(
             f"the body is {request.content_length} bytes, over the limit max_body_bytes = {max_bytes}"
         )
-    data = read_bounded(request.stream, max_bytes)
+    data = read_bounded(request.stream, max_bytes, request.content_length)
     if not data.strip():
         raise BadRequest("the body is empty; send a JSON object")
     try:
@@ -30,18 +32,23 @@ def read_json(request: Request, max_bytes: int, max_depth: int) -> tuple[Any, by
     return doc, data
 
 
-def read_bounded(stream: IO[bytes], max_bytes: int) -> bytes:
-    """Read the whole body, or raise 413 once it is past `max_bytes`.
+def read_bounded(stream: IO[bytes], max_bytes: int, length: int | None) -> bytes:
+    """Read the whole body of `length` bytes (None: chunked), or raise 413 once it is past `max_bytes`.
 
-    A chunked body (no Content-Length) arrives in pieces, so one read is not the body: read
-    until the end, at most one byte past the limit. Werkzeug's own MAX_CONTENT_LENGTH check
-    on such a stream (set to the limit plus that byte) raises a bare 413; it becomes this one.
+    A read allocates a buffer of the size asked for, so a body with a length is read as that
+    length (the caller has refused one over the limit), never as the limit. A chunked body
+    arrives in pieces: it is read a piece at a time until it ends, at most one byte past the
+    limit. Werkzeug's own MAX_CONTENT_LENGTH check on such a stream (set to the limit plus
+    that byte) raises a bare 413; it becomes this one.
     """
     parts: list[bytes] = []
     size = 0
     while size <= max_bytes:
+        want = length - size if length is not None else min(CHUNKED_READ_BYTES, max_bytes + 1 - size)
+        if want <= 0:
+            break
         try:
-            part = stream.read(max_bytes + 1 - size)
+            part = stream.read(want)
         except RequestEntityTooLarge:
             size = max_bytes + 1
             break
