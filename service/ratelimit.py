@@ -22,8 +22,9 @@ from .problems import problem_response
 
 KEY_PREFIX = "tapeserve-ratelimit"
 REDIS_TIMEOUT_S = 5  # seconds, as the API's own Redis calls
-# With keys on, what one address may send, valid key or not: bounds a flood of wrong keys
-# (each costs a hash and a Redis round trip) without slowing a busy client much.
+# With keys on, what one address may send, valid key or not: bounds key guessing and floods
+# of refused requests, and leaves a busy client (a few hundred small requests a second
+# spread over a few addresses) its pace.
 DEFAULT_ADDRESS_RATE_LIMIT = "100/second"
 
 
@@ -45,6 +46,7 @@ def budget_key() -> str:
 
 
 def is_public() -> bool:
+    """Whether the request is to a public route (health, metrics, docs) or to none: never limited."""
     return request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None
 
 
