@@ -22,9 +22,9 @@ from .problems import problem_response
 
 KEY_PREFIX = "tapeserve-ratelimit"
 REDIS_TIMEOUT_S = 5  # seconds, as the API's own Redis calls
-# With keys on, what one address may send, valid key or not: bounds key guessing and floods
-# of refused requests, and leaves a busy client (a few hundred small requests a second
-# spread over a few addresses) its pace.
+# With keys on, what one address may send, valid key or not: it bounds key guessing, and no
+# one address takes more than a fifth to a third of what the API serves on the reference
+# host (300-570 small requests a second, docs/scaling.md).
 DEFAULT_ADDRESS_RATE_LIMIT = "100/second"
 
 
