@@ -3,8 +3,10 @@
 Hypothesis draws small graphs over the registry (every op's examples, their inputs scaled up
 until the tensors weigh megabytes, optionally wrapped in an element-wise op) in every mode,
 and one long-lived TensorFlow process runs each. Before each case the process resets its
-peak resident memory (writing 5 to /proc/self/clear_refs sets VmHWM to the current VmRSS);
-after it, VmHWM minus the resident memory it started from is what the case took.
+peak resident memory (writing 5 to /proc/self/clear_refs sets VmHWM to the current VmRSS),
+after handing freed pages back to the kernel (malloc_trim), so that a case cannot hide in
+pages an earlier one left mapped; after it, VmHWM minus the resident memory it started from
+is what the case took.
 
 The property: measured growth <= FACTOR * estimate + SLACK, where
 - FACTOR = 1: the estimate is meant as an upper bound, not an average;
@@ -52,8 +54,9 @@ MODES = ["gradient", "order2", "order3", "jacobian", "batch_jacobian", "hessian"
 WRAPPERS = [None, "sin", "tanh", "square"]
 
 CHILD = r"""
-import json, os, sys
+import ctypes, gc, json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+libc = ctypes.CDLL("libc.so.6")
 from worker.engine import run_json
 from worker.graph.errors import TapeserveError
 from worker.graph.limits import Limits
@@ -68,6 +71,8 @@ limits = Limits(**json.loads(sys.argv[1]))
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     doc = json.loads(line)
+    gc.collect()
+    libc.malloc_trim(0)  # hand freed pages back, or the next case would reuse them unseen
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = status("VmRSS:")

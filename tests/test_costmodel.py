@@ -116,6 +116,17 @@ def test_reshape_of_an_empty_tensor_to_2147483647_rows_is_refused(form: str) -> 
         assert found["position"] == doc["expression"].index("reshape")
 
 
+def test_the_109_byte_request_for_the_gradient_of_a_4096_square_fill_is_refused_for_its_result() -> None:
+    # It stored ~96 MB in Redis for an hour. As JSON its worst case is 16 characters a float32.
+    doc = {"tensors": {"x": {"fill": 1, "shape": [4096, 4096]}}, "expression": "reduce_sum(x)", "sources": ["x"]}
+    found = item(refusal(doc), "max_result_bytes")
+    assert found["path"] == "/sources/0" and found["estimate"] >= 4096 * 4096 * 16
+    assert "as json" in found["message"]
+    # As base64 it is 4/3 of its 64 MiB: within the limit, and estimated exactly.
+    cost = parse_request({**doc, "encoding": "b64"}).cost
+    assert cost is not None and 4 * 4096 * 4096 * 4 // 3 < cost.result_bytes < DEFAULT_LIMITS.max_result_bytes
+
+
 @pytest.mark.parametrize("n", [1024, 2048])
 def test_the_jacobian_of_an_outer_product_is_refused_for_its_memory(n: int, client: Any, worker: Any) -> None:
     # 1,024: 20 s and over 5 GB in the TF process; 2,048: "Graph execution error" after 20 s.

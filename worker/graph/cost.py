@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 # Per connected byte of the forward graph: a gradient and one temporary per tensor.
 BACKWARD_FACTOR = 2
 # pfor's working set per target element, per connected byte: the vectorised gradient, its
-# temporary and the gathered forward value (2.2 measured on einsum outer products).
-PFOR_FACTOR = 3
+# temporaries and the gathered forward value (2.2 measured on einsum outer products, 3.4 on
+# gather, whose gradient is made dense in every lane).
+PFOR_FACTOR = 4
 # The Hessian's pfor runs the backward pass of a backward pass: twice the first's working
 # set per source element (1.7 to 2.7 measured on sin(outer(x, x))).
 HESSIAN_FACTOR = 6

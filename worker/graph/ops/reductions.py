@@ -107,6 +107,12 @@ def _norm_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attr
     return OpCost(2 * x.bound + outputs[0].bound)
 
 
+def _prod_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """reduce_prod's gradient transposes the input and takes two cumulative products of it."""
+    x = inputs[0]
+    return OpCost(2 * x.bound + outputs[0].bound, scratch=4 * x.bound)
+
+
 def _scan(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> list[TensorInfo]:
     x = inputs[0]
     if x.dtype == "bool":
@@ -151,6 +157,7 @@ OPS = [
         infer=numeric_reduction,
         attrs=(AXIS, KEEPDIMS),
         aliases=("math.reduce_prod",),
+        cost=_prod_cost,
         category="reduction",
         examples=(
             Example((POS,)),

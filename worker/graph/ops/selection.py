@@ -14,6 +14,7 @@ from ..dtypes import FLOAT_DTYPES, INT32_MAX, INT32_MIN, INT_DTYPES
 from ..opspec import (
     AttrSpec,
     Example,
+    OpCost,
     OpSpec,
     Sample,
     ShapeError,
@@ -169,6 +170,11 @@ def _clip_by_value(inputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> li
     return [t]
 
 
+def _gather_cost(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], attrs: Mapping[str, Any]) -> OpCost:
+    """A gather reads what it writes; its gradient is made dense, as large as params."""
+    return OpCost(2 * outputs[0].bound + inputs[1].bound, scratch=inputs[0].bound)
+
+
 def _require_indices(t: TensorInfo, i: int) -> None:
     if t.dtype not in INT_DTYPES:
         raise ShapeError(f"indices must be int32 or int64, not {t.dtype}", input=i)
@@ -272,6 +278,7 @@ OPS = [
             AttrSpec("batch_dims", "int", default=0, minimum=-64, maximum=64, doc="leading axes shared by both"),
         ),
         int_inputs=(1,),
+        cost=_gather_cost,
         category="selection",
         examples=(
             Example((X, Sample((2, 2), dtype="int32", low=0, high=3)), skip_grad=(1,)),
