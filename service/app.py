@@ -54,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         socket_connect_timeout=REDIS_TIMEOUT_S,
         health_check_interval=10,
         retry_on_timeout=False,
+        max_connections=int(app.config["REDIS_MAX_CONNECTIONS"]),
     )
     app.extensions["tapeserve"] = Services(
         redis=redis,

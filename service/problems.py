@@ -66,6 +66,9 @@ def problem_from_document(body: dict[str, Any], *, headers: dict[str, str] | Non
     response = Response(orjson.dumps(body), status=int(body["status"]), mimetype=PROBLEM_JSON)
     for key, value in (headers or {}).items():
         response.headers[key] = value
+    if response.status_code == 503 and "Retry-After" not in response.headers:
+        # Every 503 is "not now": a job's own (result-not-stored) as much as a Redis outage.
+        response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER_S"])
     return response
 
 

@@ -245,3 +245,13 @@ def test_the_api_never_imports_tensorflow() -> None:
     code = "import sys, service; service.create_app({'TESTING': True}); print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_503_problem_says_when_to_retry(app: Any) -> None:
+    """A job's own 503 (its result could not be stored) carries Retry-After, as Redis outages do."""
+    from service.problems import problem_from_document
+
+    with app.test_request_context("/v1/gradients"):
+        response = problem_from_document({"type": "x", "title": "t", "status": 503, "detail": "d", "errors": []})
+        assert response.headers["Retry-After"] == str(app.config["RETRY_AFTER_S"])
+        assert "Retry-After" not in problem_from_document({"status": 422, "errors": []}).headers
