@@ -137,9 +137,8 @@ class TapeWorker(SimpleWorker):
         """Run the job; then, before the next one, have a warm TF process (after a crash, say).
 
         A job of ours came with its request (TapeJob.fetch): TensorFlow gets it before RQ's
-        records of the job's start are written, and computes while they are. Example 3, one
-        client, two stacks (before/after) taking turns: p50 3.41 -> 3.28 ms in blocks of 20
-        back to back; 5.73 -> 5.48 and 4.50 -> 4.37 ms one request at a time to an idle stack.
+        records of the job's start are written, and computes while they are (docs/performance.md
+        has what that saves).
         """
         self._running_job = job
         self._start_early(job)

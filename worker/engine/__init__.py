@@ -77,7 +77,7 @@ def run_batch_json(
     device: str | None = None,
     check_values: bool = True,
 ) -> bytes:
-    """Run a batch: items `{"graph": doc}` or `{"problem": ...}` (refused by the API) -> `{"results": [...]}`."""
+    """Run a batch of `{"graph": doc}` or `{"problem": ...}` (refused by the API); return `{"results": [...]}`."""
     slots = batch_slots(raw, registry=registry, limits=limits, device=device, check_values=check_values)
     return b'{"results":[' + b",".join(slots) + b"]}"
 

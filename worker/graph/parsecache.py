@@ -3,7 +3,7 @@
 A service sees the same graph again and again with new values (a training loop, a batch of
 similar graphs). Everything but the values — ops, attrs, names, shapes, dtypes, mode — is
 summarised in a skeleton; on a hit the ops are not checked, ordered and shape-inferred
-again: only the new values are checked (200-op chain: 2.8 ms -> ~0.2 ms).
+again: only the new values are checked (docs/performance.md has the figures).
 """
 
 from __future__ import annotations
