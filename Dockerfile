@@ -39,7 +39,7 @@ RUN groupadd --system --gid 10001 tapeserve \
 FROM python-base AS project-manifest
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
-RUN mkdir service worker && touch service/__init__.py worker/__init__.py
+RUN mkdir service worker tapecore && touch service/__init__.py worker/__init__.py tapecore/__init__.py
 
 FROM python-base AS venv
 COPY --from=project-manifest /src /src
@@ -68,9 +68,9 @@ FROM python-base AS api
 COPY --from=api-deps /opt/venv /opt/venv
 WORKDIR /app
 COPY gunicorn.conf.py openapi.yaml ./
+# The API is the shared core and service/ only: no worker code, never TensorFlow.
+COPY tapecore/ tapecore/
 COPY service/ service/
-# The API imports the plain-Python half of worker/ (worker.graph: op names, limits); never TensorFlow.
-COPY worker/ worker/
 # prometheus-client's multiprocess mode: one file per gunicorn worker, in a directory they share.
 ENV HOST=0.0.0.0 \
     PORT=8000 \
@@ -87,6 +87,7 @@ CMD ["gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"]
 FROM python-base AS worker
 COPY --from=worker-deps /opt/venv /opt/venv
 WORKDIR /app
+COPY tapecore/ tapecore/
 COPY worker/ worker/
 USER 10001:10001
 # Importing TensorFlow and registering with Redis takes a while: a minute's grace.
@@ -128,6 +129,7 @@ RUN python3.12 -m venv /opt/venv \
 FROM cuda-python-base AS worker-gpu
 COPY --from=worker-gpu-deps /opt/venv /opt/venv
 WORKDIR /app
+COPY tapecore/ tapecore/
 COPY worker/ worker/
 USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
@@ -147,5 +149,5 @@ ENTRYPOINT ["/bin/sh", "-c", "if [ -n \"${RQ_DASHBOARD_PASSWORD_FILE:-}\" ]; the
 # 401 means the server answers and authentication is on: healthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import http.client; c = http.client.HTTPConnection('127.0.0.1', 9181, timeout=4); c.request('GET', '/'); raise SystemExit(c.getresponse().status not in (200, 401))"]
-# --json: tapeserve's jobs are JSON (worker.protocol.OrjsonSerializer), never pickles.
+# --json: tapeserve's jobs are JSON (tapecore.protocol.OrjsonSerializer), never pickles.
 CMD ["rq-dashboard", "--json", "--bind", "0.0.0.0", "--port", "9181"]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensure_nginx import find_nginx  # noqa: E402
 from ensure_redis import ensure_redis_server  # noqa: E402
 
-from worker.graph.limits import Limits  # noqa: E402
+from tapecore.limits import Limits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "tapeserve.conf.template"

@@ -11,9 +11,9 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from worker.graph.ops import REGISTRY
-from worker.logs import configure_logging
-from worker.redisconn import connect_from_env
+from tapecore.logs import configure_logging
+from tapecore.ops import REGISTRY
+from tapecore.redisconn import connect_from_env
 
 from .auth import KeyRing, install_auth, install_key_check, load_keys
 from .config import DEFAULTS, inflight_body_bytes, limits_from_config

@@ -8,7 +8,7 @@ import orjson
 from flask import Request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
-from worker.graph.errors import FieldError, LimitExceeded, pointer
+from tapecore.errors import FieldError, LimitExceeded, pointer
 
 CHUNKED_READ_BYTES = 1 << 20  # a chunked body is read a MiB at a time
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.graph.limits import Limits
+from tapecore.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.worker_registration import clean_worker_registry
 
-from worker.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
+from tapecore.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 
 SUCCESSFUL = str(Result.Type.SUCCESSFUL.value).encode()
 # A pool without a worker is counted again after this long, not after worker_check_s: a worker

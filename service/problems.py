@@ -17,7 +17,7 @@ import redis.exceptions
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from worker.graph.errors import TapeserveError
+from tapecore.errors import TapeserveError
 
 log = logging.getLogger("tapeserve.api")
 

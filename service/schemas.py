@@ -1,5 +1,5 @@
 """Marshmallow schemas for the request envelopes; the graph inside is checked by the engine's
-TensorFlow-free validator (worker.graph.request), which knows the ops and shapes."""
+TensorFlow-free validator (tapecore.request), which knows the ops and shapes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from worker.graph.errors import FieldError, GraphError, pointer
-from worker.graph.graph import ENCODINGS, MODES, UNCONNECTED
-from worker.protocol import DEVICES
+from tapecore.errors import FieldError, GraphError, pointer
+from tapecore.graph import ENCODINGS, MODES, UNCONNECTED
+from tapecore.protocol import DEVICES
 
 
 class TensorsField(fields.Dict):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from flask import current_app
 from redis import Redis
 
-from worker.graph.limits import Limits
-from worker.graph.registry import Registry
+from tapecore.limits import Limits
+from tapecore.registry import Registry
 
 from .inflight import BodyBudget
 from .jobqueue import JobQueue

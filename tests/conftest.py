@@ -125,7 +125,7 @@ class InProcessWorker:
     def make(self, pool: str) -> Any:
         from rq import Queue
 
-        from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
+        from tapecore.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
         from worker.tapeworker import TapeJob, TapeWorker
 
         queues = [Queue(queue_name(q), connection=self.redis, serializer=OrjsonSerializer) for q in POOL_QUEUES[pool]]

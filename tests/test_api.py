@@ -113,7 +113,7 @@ def test_a_worker_that_has_just_started_is_served_at_once(
 def test_a_wait_with_no_result_ends_in_202_with_the_job_queued_and_its_request_stored(
     client: Any, worker: Any, redis: Any
 ) -> None:
-    from worker.protocol import payload_key
+    from tapecore.protocol import payload_key
 
     worker.register()
     started = time.monotonic()
@@ -233,7 +233,7 @@ def test_request_id_is_echoed_or_made_and_stored_in_the_job(client: Any, worker:
     assert posted.headers["X-Request-ID"] == "trace-42"
     from rq.job import Job
 
-    from worker.protocol import OrjsonSerializer
+    from tapecore.protocol import OrjsonSerializer
 
     job = Job.fetch(posted.get_json()["id"], connection=worker.redis, serializer=OrjsonSerializer)
     assert job.meta["request_id"] == "trace-42"

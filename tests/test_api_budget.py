@@ -24,11 +24,11 @@ from redis.retry import Retry
 from werkzeug.serving import make_server
 
 from service import create_app
+from tapecore.limits import Limits
+from tapecore.ops import REGISTRY
+from tapecore.parsecache import REQUESTS
+from tapecore.request import parse_request
 from tests.conftest import InProcessWorker, free_port, redis_ping, start_stack, stop_stack, wait_until
-from worker.graph.limits import Limits
-from worker.graph.ops import REGISTRY
-from worker.graph.parsecache import REQUESTS
-from worker.graph.request import parse_request
 
 GRAPH = {"tensors": {"x": [1.0, 2.0]}, "expression": "reduce_sum(x * x)", "sources": ["x"]}
 PROBLEM = "application/problem+json"

@@ -23,6 +23,8 @@ import requests
 from redis import Redis
 from redis.exceptions import OutOfMemoryError
 
+from tapecore.errors import LimitExceeded
+from tapecore.limits import Limits
 from tests.conftest import InProcessWorker, free_port, wait_until
 from tests.test_engine import EXAMPLE_1, EXAMPLE_3
 from tests.test_faults import (
@@ -36,8 +38,6 @@ from tests.test_faults import (
     tear_down,
     wait_for_status,
 )
-from worker.graph.errors import LimitExceeded
-from worker.graph.limits import Limits
 
 # Resident memory of the graph below at its peak: ~1.45 GB, where the warm TF process holds
 # ~0.65 GB; it reaches the 1200 MiB cap in about half a second.
@@ -327,7 +327,7 @@ def test_a_full_or_read_only_redis_is_waited_out_and_the_job_outcome_recorded(pl
 def test_a_big_result_is_kept_for_the_big_result_ttl(redis: Redis, client: Any, worker: InProcessWorker) -> None:
     from rq import Queue
 
-    from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
+    from tapecore.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
     from worker.tapeworker import TapeJob, TapeWorker
 
     worker.register()  # so that the API queues

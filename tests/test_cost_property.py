@@ -30,13 +30,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
+from tapecore.dtypes import FLOAT_DTYPES
+from tapecore.errors import TapeserveError
+from tapecore.limits import Limits
+from tapecore.ops import REGISTRY
+from tapecore.opspec import Example, OpSpec, Sample
+from tapecore.request import parse_request
 from tests.conftest import ROOT
-from worker.graph.dtypes import FLOAT_DTYPES
-from worker.graph.errors import TapeserveError
-from worker.graph.limits import Limits
-from worker.graph.ops import REGISTRY
-from worker.graph.opspec import Example, OpSpec, Sample
-from worker.graph.request import parse_request
 
 FACTOR = 1.0
 SLACK = 64 * 2**20
@@ -58,8 +58,8 @@ import ctypes, gc, json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 libc = ctypes.CDLL("libc.so.6")
 from worker.engine import run_json
-from worker.graph.errors import TapeserveError
-from worker.graph.limits import Limits
+from tapecore.errors import TapeserveError
+from tapecore.limits import Limits
 
 def status(key):
     with open("/proc/self/status") as f:

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.graph.cost import JSON_ELEMENT_CHARS, encoded_bytes
-from worker.graph.errors import LimitExceeded, TapeserveError, TensorTooLarge
-from worker.graph.limits import DEFAULT_LIMITS, Limits
-from worker.graph.ops import REGISTRY
-from worker.graph.request import MODES, GradientRequest, parse_request
+from tapecore.cost import JSON_ELEMENT_CHARS, encoded_bytes
+from tapecore.errors import LimitExceeded, TapeserveError, TensorTooLarge
+from tapecore.limits import DEFAULT_LIMITS, Limits
+from tapecore.ops import REGISTRY
+from tapecore.request import MODES, GradientRequest, parse_request
 
 PROBLEM = "application/problem+json"
 OUTER = "einsum(x, x, equation='i,j->ij')"  # the registry has no `outer`: einsum or tensordot(axes=0)
@@ -421,7 +421,7 @@ def test_the_result_estimate_is_an_upper_bound_on_what_the_engine_writes(
 
 
 def test_the_cost_is_kept_on_a_cached_graph() -> None:
-    from worker.graph.parsecache import RequestCache
+    from tapecore.parsecache import RequestCache
 
     cache = RequestCache()
     doc = mode_doc("jacobian")

@@ -471,6 +471,17 @@ def test_api_image_gets_no_tensorflow() -> None:
     assert not {"worker-deps", "worker-gpu-deps"} & dockerfile().closure("api")
 
 
+def test_api_image_holds_the_shared_core_and_the_api_only() -> None:
+    code = {p for p in copied_packages("api") if not p.endswith((".py", ".yaml", ".toml", ".txt"))}
+    assert code == {"tapecore", "service"}
+
+
+@pytest.mark.parametrize("target", ["worker", "worker-gpu"])
+def test_worker_images_hold_the_shared_core_and_the_worker_only(target: str) -> None:
+    code = {p for p in copied_packages(target) if not p.endswith((".py", ".yaml", ".toml", ".txt"))}
+    assert code == {"tapecore", "worker"}
+
+
 def test_worker_images_get_the_tensorflow_of_the_worker_extra() -> None:
     cpu = installed_distributions("worker")["tensorflow-cpu"]
     gpu = installed_distributions("worker-gpu")["tensorflow"]
@@ -650,7 +661,7 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_nginx_fronts_the_api_with_the_template_make_run_uses() -> None:
-    from worker.graph.limits import Limits
+    from tapecore.limits import Limits
 
     nginx, env = nginx_service()
     api_env = environment(services()["api"])
@@ -765,7 +776,7 @@ def test_dashboard_reads_jobs_with_the_serializer_tapeserve_writes() -> None:
     """Jobs are JSON, not pickles: rq-dashboard needs --json, or every job page fails."""
     from rq.serializers import JSONSerializer
 
-    from worker.protocol import OrjsonSerializer
+    from tapecore.protocol import OrjsonSerializer
 
     sample = {"tensors": {"x": {"fill": 3.0, "shape": [2, 3]}}, "sources": ["x"], "meta": {"owner": "k"}}
     assert JSONSerializer.loads(OrjsonSerializer.dumps(sample)) == sample

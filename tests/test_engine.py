@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from worker.graph.errors import ExecutionError, GraphError
+from tapecore.errors import ExecutionError, GraphError
 
 tf = pytest.importorskip("tensorflow")
 from worker.engine import run_document, run_json  # noqa: E402
@@ -347,9 +347,9 @@ def chain_document(values: list[float], length: int = 40) -> dict[str, Any]:
 
 @pytest.mark.parametrize("mode", ["gradient", "jacobian", "hessian", "jvp"])
 def test_compiled_runs_match_eager_runs_and_are_counted(mode: str) -> None:
+    from tapecore.request import parse_request
     from worker.engine.cache import CompiledFunctions
     from worker.engine.execute import run_request
-    from worker.graph.request import parse_request
 
     cache = CompiledFunctions(compile_after=2)
     rng = np.random.default_rng(3)
@@ -368,9 +368,9 @@ def test_compiled_runs_match_eager_runs_and_are_counted(mode: str) -> None:
 
 
 def test_a_runtime_failure_in_a_compiled_function_still_names_the_op() -> None:
+    from tapecore.request import parse_request
     from worker.engine.cache import CompiledFunctions
     from worker.engine.execute import run_request
-    from worker.graph.request import parse_request
 
     cache = CompiledFunctions(compile_after=1)
     doc = {"tensors": {"m": [[1.0, 2.0], [2.0, 4.0]]}, "expression": "reduce_sum(linalg.inv(m))", "sources": ["m"]}
@@ -383,9 +383,9 @@ def test_a_runtime_failure_in_a_compiled_function_still_names_the_op() -> None:
 
 
 def test_compiled_runs_keep_unconnected_sources_targets_and_output_gradients_in_place() -> None:
+    from tapecore.request import parse_request
     from worker.engine.cache import CompiledFunctions
     from worker.engine.execute import run_request
-    from worker.graph.request import parse_request
 
     cache = CompiledFunctions(compile_after=1)
     tensors: dict[str, Any] = {"x": [1.0, 2.0], "u": [3.0, 4.0], "z": [0.5, -1.0]}
@@ -412,9 +412,9 @@ def test_compiled_runs_keep_unconnected_sources_targets_and_output_gradients_in_
 
 def test_compiled_graphs_are_called_as_one_op_without_tf_function_overhead() -> None:
     """The call as one op relies on a private TensorFlow attribute: a TF upgrade that moves it fails here."""
+    from tapecore.request import parse_request
     from worker.engine.cache import CompiledFunctions
     from worker.engine.execute import CompiledGraph, run_request
-    from worker.graph.request import parse_request
 
     cache = CompiledFunctions(compile_after=1)
     run_request(parse_request({"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}), cache=cache)

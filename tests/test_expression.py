@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.graph.errors import GraphError, LimitExceeded
-from worker.graph.expression import NAME, ParsedExpression, parse_expression
-from worker.graph.limits import Limits
-from worker.graph.ops import REGISTRY
-from worker.graph.opspec import OpSpec, elementwise, reduced, same_as_input
-from worker.graph.registry import Registry
+from tapecore.errors import GraphError, LimitExceeded
+from tapecore.expression import NAME, ParsedExpression, parse_expression
+from tapecore.limits import Limits
+from tapecore.ops import REGISTRY
+from tapecore.opspec import OpSpec, elementwise, reduced, same_as_input
+from tapecore.registry import Registry
 
 
 def _spec(name: str, *aliases: str, infer: Any = elementwise) -> OpSpec:
@@ -504,7 +504,7 @@ def test_well_formed_expressions_parse_into_graphs(text: str) -> None:
 
 def test_the_module_imports_neither_tensorflow_nor_flask() -> None:
     code = (
-        "import sys, worker.graph.expression; "
+        "import sys, tapecore.expression; "
         "bad = [m for m in ('tensorflow', 'flask') if m in sys.modules]; "
         "assert not bad, bad"
     )

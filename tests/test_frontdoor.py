@@ -263,7 +263,7 @@ def idle_gpu_worker(frontdoor_redis: RedisServer) -> Iterator[None]:
     """Register a gpu-pool RQ worker that never takes a job: gpu jobs stay queued."""
     from rq import Queue
 
-    from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
+    from tapecore.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
     from worker.tapeworker import TapeJob, TapeWorker
 
     connection = Redis.from_url(frontdoor_redis.url)
@@ -388,7 +388,7 @@ def frontdoor(request: pytest.FixtureRequest) -> FrontDoor:
 def queued_for_gpu(redis: RedisServer) -> int:
     from rq import Queue
 
-    from worker.protocol import OrjsonSerializer, queue_name
+    from tapecore.protocol import OrjsonSerializer, queue_name
 
     with Redis.from_url(redis.url) as connection:
         return Queue(queue_name("gpu"), connection=connection, serializer=OrjsonSerializer).count

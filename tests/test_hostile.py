@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from tapecore.errors import TapeserveError
+from tapecore.limits import Limits
+from tapecore.ops import REGISTRY
+from tapecore.request import FIELDS, MODES, OP_FIELDS, GradientRequest, Ref, parse_request
+from tapecore.tensors import NONFINITE, TENSOR_KEYS
 from tests.conftest import ROOT
 from tests.test_engine import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
-from worker.graph.errors import TapeserveError
-from worker.graph.limits import Limits
-from worker.graph.ops import REGISTRY
-from worker.graph.request import FIELDS, MODES, OP_FIELDS, GradientRequest, Ref, parse_request
-from worker.graph.tensors import NONFINITE, TENSOR_KEYS
 
 PROBLEM = "application/problem+json"
 
@@ -1142,8 +1142,8 @@ def test_a_hessian_through_an_svd_runs_on_its_second_sighting(tf: Any) -> None:
 
 TEN_BILLION = """
 import sys, tracemalloc
-from worker.graph.errors import LimitExceeded, TensorTooLarge
-from worker.graph.request import parse_request
+from tapecore.errors import LimitExceeded, TensorTooLarge
+from tapecore.request import parse_request
 
 huge = {"fill": 1.0, "shape": [100000, 100000]}
 long = {"fill": 1.0, "shape": [100000]}

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.graph.ops import REGISTRY
-from worker.graph.opspec import Example, OpSpec, Sample, TensorInfo
+from tapecore.ops import REGISTRY
+from tapecore.opspec import Example, OpSpec, Sample, TensorInfo
 
 tf = pytest.importorskip("tensorflow")
 

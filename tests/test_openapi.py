@@ -215,7 +215,7 @@ def _(env: Env) -> TestResponse:
 @scenario("/v1/gradients", "post", "409", "stopped-while-the-post-waited")
 def _(env: Env) -> TestResponse:
     # What the worker's TensorFlow process raises when DELETE stops the job it runs.
-    from worker.graph.errors import FieldError, JobStopped
+    from tapecore.errors import FieldError, JobStopped
 
     env.worker.register()
     env.fail_jobs_with(JobStopped(FieldError("", "the job was canceled while it ran")))
@@ -251,7 +251,7 @@ def _(env: Env) -> TestResponse:
 @scenario("/v1/gradients", "post", "422", "job-failed-within-the-wait")
 def _(env: Env) -> TestResponse:
     # What the worker's TensorFlow process raises when it dies under a graph.
-    from worker.graph.errors import FieldError, WorkerCrashed
+    from tapecore.errors import FieldError, WorkerCrashed
 
     env.worker.register()
     env.fail_jobs_with(WorkerCrashed(FieldError("", "the TensorFlow process died while running this graph")))
@@ -324,7 +324,7 @@ def _(env: Env) -> TestResponse:
 @scenario("/v1/batches", "post", "409", "stopped-while-the-post-waited")
 def _(env: Env) -> TestResponse:
     # A batch is one task in one TensorFlow process: stopping it cancels the whole batch.
-    from worker.graph.errors import FieldError, JobStopped
+    from tapecore.errors import FieldError, JobStopped
 
     env.worker.register()
     env.fail_jobs_with(JobStopped(FieldError("", "the job was canceled while it ran")))
@@ -359,7 +359,7 @@ def _(env: Env) -> TestResponse:
 
 @scenario("/v1/jobs/{job_id}", "get", "200", "failed")
 def _(env: Env) -> TestResponse:
-    from worker.graph.errors import FieldError, TimeLimitExceeded
+    from tapecore.errors import FieldError, TimeLimitExceeded
 
     env.worker.register()
     env.fail_jobs_with(TimeLimitExceeded(FieldError("", "the graph ran 60.0 s, past the limit time_limit_s = 60")))
@@ -460,7 +460,7 @@ def _(env: Env) -> TestResponse:
 
 @scenario("/v1/limits", "get", "200")
 def _(env: Env) -> TestResponse:
-    from worker.graph.limits import Limits
+    from tapecore.limits import Limits
 
     response = send(env.client_of(MAX_OPS=7), "/v1/limits", "get")
     assert response.get_json() == {**Limits().as_dict(), "max_ops": 7}

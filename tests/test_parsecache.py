@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from tapecore.errors import TapeserveError
+from tapecore.limits import DEFAULT_LIMITS
+from tapecore.ops import REGISTRY
+from tapecore.parsecache import RequestCache
+from tapecore.request import parse_request
 from tests.test_engine import EXAMPLE_2, EXAMPLE_2_GRAPH
-from worker.graph.errors import TapeserveError
-from worker.graph.limits import DEFAULT_LIMITS
-from worker.graph.ops import REGISTRY
-from worker.graph.parsecache import RequestCache
-from worker.graph.request import parse_request
 
 
 def outcome(parse: Any, doc: Any) -> Any:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from tapecore.redisconn import connect
 from tests.conftest import RedisServer, free_port, redis_ping, wait_until
-from worker.redisconn import connect
 
 
 @pytest.fixture

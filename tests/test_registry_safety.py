@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.graph.errors import GraphError
-from worker.graph.ops import REGISTRY
-from worker.graph.registry import UnknownOp
-from worker.graph.request import parse_request
+from tapecore.errors import GraphError
+from tapecore.ops import REGISTRY
+from tapecore.registry import UnknownOp
+from tapecore.request import parse_request
 
 tf = pytest.importorskip("tensorflow")
 ROOT = Path(__file__).resolve().parent.parent

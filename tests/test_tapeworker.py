@@ -13,11 +13,11 @@ from redis.connection import Connection
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
+from tapecore.limits import Limits
+from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, OrjsonSerializer, payload_key, queue_name
 from tests.conftest import RedisServer
 from tests.test_engine import EXAMPLE_1
 from worker import jobs
-from worker.graph.limits import Limits
-from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, OrjsonSerializer, payload_key, queue_name
 from worker.runner import TensorFlowProcess
 from worker.tapeworker import TapeJob, TapeWorker
 

@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.routes.gradients import PACK_MIN_ELEMENTS
-from worker.graph import tensors
-from worker.graph.dtypes import DTYPES
-from worker.graph.errors import ErrorCollector
-from worker.graph.limits import DEFAULT_LIMITS
-from worker.graph.tensors import b64_size, packed, parse_tensor
+from tapecore import tensors
+from tapecore.dtypes import DTYPES
+from tapecore.errors import ErrorCollector
+from tapecore.limits import DEFAULT_LIMITS
+from tapecore.tensors import b64_size, packed, parse_tensor
 
 
 def b64decode_size(data: str) -> int | None:
@@ -199,8 +199,8 @@ def test_fill_and_b64_tensors_are_not_packed() -> None:
 
 
 def test_a_big_value_tensor_reaches_the_worker_as_b64_with_the_same_answer(client: Any, worker: Any) -> None:
+    from tapecore.protocol import payload_key
     from worker.engine import run_json
-    from worker.protocol import payload_key
 
     x = np.linspace(-2, 2, PACK_MIN_ELEMENTS).reshape(128, -1)
     doc = {
@@ -233,7 +233,7 @@ def test_bfloat16_values_pack_to_nothing_but_still_run() -> None:
 
 
 def test_a_batch_hands_its_big_tensors_to_the_worker_as_b64(client: Any, worker: Any) -> None:
-    from worker.protocol import payload_key
+    from tapecore.protocol import payload_key
 
     big = {
         "tensors": {"x": np.ones((PACK_MIN_ELEMENTS,)).tolist()},

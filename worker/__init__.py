@@ -1,4 +1,4 @@
-"""The TensorFlow side of tapeserve: the engine, the op registry and the RQ worker.
+"""The worker: the RQ worker, its TensorFlow process and the engine that runs graphs in it.
 
-Importing `worker` or `worker.graph` never imports TensorFlow; only `worker.engine` does.
+Importing `worker` never imports TensorFlow; only `worker.engine` and the TensorFlow process do.
 """

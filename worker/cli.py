@@ -16,11 +16,11 @@ from typing import Any
 from rq import Queue
 from rq.worker import WorkerStatus
 
+from tapecore.limits import Limits
+from tapecore.logs import configure_logging
+from tapecore.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
+from tapecore.redisconn import connect_from_env
 from worker import jobs, metrics
-from worker.graph.limits import Limits
-from worker.logs import configure_logging
-from worker.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
-from worker.redisconn import connect_from_env
 from worker.runner import DEFAULT_MEMORY_LIMIT_MB, StartupError, TensorFlowProcess
 from worker.tapeworker import (
     BIG_RESULT_BYTES,

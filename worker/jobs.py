@@ -18,10 +18,10 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from tapecore.errors import FieldError, GraphError, InternalError, TapeserveError, TimeLimitExceeded
+from tapecore.limits import DEFAULT_LIMITS
+from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, PROBLEM_META, REQUEST_ID_META
 from worker import metrics
-from worker.graph.errors import FieldError, GraphError, InternalError, TapeserveError, TimeLimitExceeded
-from worker.graph.limits import DEFAULT_LIMITS
-from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, PROBLEM_META, REQUEST_ID_META
 from worker.runner import InProcessRunner, Runner
 
 log = logging.getLogger("tapeserve.jobs")

@@ -35,8 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from worker import metrics
-from worker.graph.errors import (
+from tapecore.errors import (
     FieldError,
     JobStopped,
     MemoryLimitExceeded,
@@ -45,7 +44,8 @@ from worker.graph.errors import (
     TimeLimitExceeded,
     WorkerCrashed,
 )
-from worker.graph.limits import Limits
+from tapecore.limits import Limits
+from worker import metrics
 
 log = logging.getLogger("tapeserve.worker")
 

@@ -27,8 +27,8 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from tapecore.protocol import PROBLEM_META, payload_key
 from worker import jobs
-from worker.protocol import PROBLEM_META, payload_key
 from worker.runner import WAIT_SLICE_S, TensorFlowProcess
 
 log = logging.getLogger("tapeserve.worker")

@@ -15,8 +15,8 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from worker.graph.errors import FieldError, InternalError, MemoryLimitExceeded, TapeserveError
-from worker.graph.limits import Limits
+from tapecore.errors import FieldError, InternalError, MemoryLimitExceeded, TapeserveError
+from tapecore.limits import Limits
 
 log = logging.getLogger("tapeserve.tfprocess")
 

@@ -8,11 +8,11 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 from rq.job import Job
 
-from worker.graph.cost import human_bytes
-from worker.graph.errors import FieldError, LimitExceeded, TapeserveError
-from worker.graph.parsecache import REQUESTS
-from worker.graph.tensors import TensorSpec, packed
-from worker.protocol import BATCH_FUNCTION, JOB_FUNCTION, OWNER_META, REQUEST_ID_META
+from tapecore.cost import human_bytes
+from tapecore.errors import FieldError, LimitExceeded, TapeserveError
+from tapecore.parsecache import REQUESTS
+from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, OWNER_META, REQUEST_ID_META
+from tapecore.tensors import TensorSpec, packed
 
 from ..body import read_json
 from ..jobqueue import iso

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 from rq.job import Job
 from werkzeug.exceptions import NotFound
 
-from worker.protocol import OWNER_META
+from tapecore.protocol import OWNER_META
 
 from ..prefer import parse_prefer
 from ..responses import json_response

@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 
-from worker.graph.errors import FieldError, LimitExceeded, MemoryLimitExceeded, TapeserveError
-from worker.graph.graph import GradientRequest
-from worker.graph.limits import DEFAULT_LIMITS, Limits
-from worker.graph.ops import REGISTRY
-from worker.graph.parsecache import REQUESTS
-from worker.graph.registry import Registry
+from tapecore.errors import FieldError, LimitExceeded, MemoryLimitExceeded, TapeserveError
+from tapecore.graph import GradientRequest
+from tapecore.limits import DEFAULT_LIMITS, Limits
+from tapecore.ops import REGISTRY
+from tapecore.parsecache import REQUESTS
+from tapecore.registry import Registry
 
 from .cache import FUNCTIONS
 from .codec import dumps, least_json_bytes, python_document

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from worker.graph.graph import GradientRequest, Literal
+from tapecore.graph import GradientRequest, Literal
 
 CAPACITY = 128  # traced functions kept; each holds a TF graph (~100 KB for 200 ops)
 COMPILE_AFTER = 2  # sightings of a structure before it is traced

@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import orjson
 
-from worker.graph.tensors import TensorSpec
+from tapecore.tensors import TensorSpec
 
 NUMPY_DTYPES: dict[str, Any] = {
     "float16": np.dtype("<f2"),

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.autograph.impl.api import StagingError
 
-from worker.graph.errors import ExecutionError, FieldError, MemoryLimitExceeded
-from worker.graph.graph import GradientRequest, Literal, Node, Ref
+from tapecore.errors import ExecutionError, FieldError, MemoryLimitExceeded
+from tapecore.graph import GradientRequest, Literal, Node, Ref
 
 from .cache import FUNCTIONS, CompiledFunctions, structure_key
 from .codec import count_nonfinite, decode_tensor, decode_value, encode_array

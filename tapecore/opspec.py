@@ -260,7 +260,7 @@ class OpSpec:
     # compare `fn` against it. Defaults to `name`.
     tf_name: str | None = None
     # The forward cost of one call, from its static inputs, outputs and attrs: the cost model
-    # (worker/graph/cost.py) derives the backward pass and each mode from it.
+    # (tapecore/cost.py) derives the backward pass and each mode from it.
     cost: CostFn = elementwise_cost
 
     def attr(self, name: str) -> AttrSpec | None:

@@ -91,7 +91,7 @@ class GradientRequest:
     encoding: str = "json"
     infos: dict[Ref, TensorInfo] = field(default_factory=dict)
     expression: bool = False  # the graph came as an `expression` (errors about it point there)
-    cost: Cost | None = None  # the cost model's estimate (worker/graph/cost.py), once checked
+    cost: Cost | None = None  # the cost model's estimate (tapecore/cost.py), once checked
 
     def info(self, ref: Ref) -> TensorInfo:
         return self.infos[ref]
