@@ -144,6 +144,7 @@ class InProcessWorker:
 
 @pytest.fixture
 def worker(redis: Redis) -> InProcessWorker:
+    pytest.importorskip("tensorflow")  # the jobs run here; an image with the `api` extra alone has no engine
     from worker import jobs
 
     jobs.install_runner(None)  # the in-process engine: real TensorFlow, no TF subprocess

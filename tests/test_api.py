@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_engine import EXAMPLE_1, EXAMPLE_2, EXAMPLE_3
+from tests.examples import EXAMPLE_1, EXAMPLE_2, EXAMPLE_3
 
 PROBLEM = "application/problem+json"
 

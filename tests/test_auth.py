@@ -10,7 +10,7 @@ import pytest
 
 from service import create_app
 from service.auth import KeyRing, digest, load_keys
-from tests.test_engine import EXAMPLE_1
+from tests.examples import EXAMPLE_1
 
 KEY_A = "alpha-key-0123456789abcdef"
 KEY_B = "bravo-key-fedcba9876543210"

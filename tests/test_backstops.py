@@ -26,7 +26,7 @@ from redis.exceptions import OutOfMemoryError
 from tapecore.errors import LimitExceeded
 from tapecore.limits import Limits
 from tests.conftest import InProcessWorker, free_port, wait_until
-from tests.test_engine import EXAMPLE_1, EXAMPLE_3
+from tests.examples import EXAMPLE_1, EXAMPLE_3
 from tests.test_faults import (
     FaultStack,
     assert_next_request_succeeds,

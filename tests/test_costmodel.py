@@ -24,9 +24,7 @@ OUTER = "einsum(x, x, equation='i,j->ij')"  # the registry has no `outer`: einsu
 
 @pytest.fixture(scope="module")
 def tf() -> Any:
-    import tensorflow
-
-    return tensorflow
+    return pytest.importorskip("tensorflow")
 
 
 def refusal(doc: Any, limits: Limits = DEFAULT_LIMITS) -> TapeserveError:

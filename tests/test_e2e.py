@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import Stack
-from tests.test_engine import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
+from tests.examples import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
 from tests.test_faults import SLOW_GRAPH  # canceled here, long before it ends
 
 pytestmark = pytest.mark.e2e

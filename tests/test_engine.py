@@ -9,32 +9,11 @@ import orjson
 import pytest
 
 from tapecore.errors import ExecutionError, GraphError
+from tests.examples import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
 
 tf = pytest.importorskip("tensorflow")
 from worker.engine import run_document, run_json  # noqa: E402
 from worker.engine.codec import dumps  # noqa: E402
-
-EXAMPLE_1: dict[str, Any] = {"tensors": {"x": 3.0}, "expression": "x * x", "sources": ["x"]}
-EXAMPLE_2: dict[str, Any] = {
-    "tensors": {"x": {"fill": 3.0, "shape": [2, 3]}, "z": 5.0},
-    "expression": "reduce_sum(x * x + 2 * z)",
-    "sources": ["x", "z"],
-}
-EXAMPLE_2_GRAPH: dict[str, Any] = {
-    "tensors": {
-        "x": {"value": [[3, 3, 3], [3, 3, 3]], "dtype": "float32"},
-        "z": {"value": 5.0},
-    },
-    "ops": [
-        {"id": "xx", "op": "multiply", "inputs": ["x", "x"]},
-        {"id": "z2", "op": "multiply", "inputs": [2.0, "z"]},
-        {"id": "s", "op": "add", "inputs": ["xx", "z2"]},
-        {"id": "y", "op": "reduce_sum", "inputs": ["s"], "attrs": {"axis": None}},
-    ],
-    "target": "y",
-    "sources": ["x", "z"],
-}
-EXAMPLE_3: dict[str, Any] = {"tensors": {"x": 2.0}, "expression": "x**2 + 2*x - 1", "sources": ["x"]}
 
 
 def value(doc: dict[str, Any] | None) -> Any:

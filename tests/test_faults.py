@@ -34,7 +34,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from tapecore.limits import Limits
 from tapecore.protocol import JOB_FUNCTION, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 from tests.conftest import RedisServer, Stack, free_port, start_stack, stop_stack, wait_until
-from tests.test_engine import EXAMPLE_1
+from tests.examples import EXAMPLE_1
 from worker import jobs
 from worker.runner import TensorFlowProcess
 from worker.tapeworker import LOST_JOB_BOUND_S, WORKER_TTL_S, TapeJob, TapeWorker

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Stack
-from tests.test_engine import EXAMPLE_1, EXAMPLE_2, EXAMPLE_3
+from tests.examples import EXAMPLE_1, EXAMPLE_2, EXAMPLE_3
 
 pytestmark = pytest.mark.e2e
 

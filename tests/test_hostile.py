@@ -28,7 +28,7 @@ from tapecore.ops import REGISTRY
 from tapecore.request import FIELDS, MODES, OP_FIELDS, GradientRequest, Ref, parse_request
 from tapecore.tensors import NONFINITE, TENSOR_KEYS
 from tests.conftest import ROOT
-from tests.test_engine import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
+from tests.examples import EXAMPLE_1, EXAMPLE_2, EXAMPLE_2_GRAPH, EXAMPLE_3
 
 PROBLEM = "application/problem+json"
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, RedisServer, Stack, free_port, start_stack, stop_stack, wait_until
-from tests.test_engine import EXAMPLE_1, EXAMPLE_3
+from tests.examples import EXAMPLE_1, EXAMPLE_3
 
 pytestmark = pytest.mark.e2e
 

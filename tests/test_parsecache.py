@@ -12,7 +12,7 @@ from tapecore.limits import DEFAULT_LIMITS
 from tapecore.ops import REGISTRY
 from tapecore.parsecache import RequestCache
 from tapecore.request import parse_request
-from tests.test_engine import EXAMPLE_2, EXAMPLE_2_GRAPH
+from tests.examples import EXAMPLE_2, EXAMPLE_2_GRAPH
 
 
 def outcome(parse: Any, doc: Any) -> Any:

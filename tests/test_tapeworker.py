@@ -16,7 +16,7 @@ from rq.job import Job, JobStatus
 from tapecore.limits import Limits
 from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, OrjsonSerializer, payload_key, queue_name
 from tests.conftest import RedisServer
-from tests.test_engine import EXAMPLE_1
+from tests.examples import EXAMPLE_1
 from worker import jobs
 from worker.runner import TensorFlowProcess
 from worker.tapeworker import TapeJob, TapeWorker
