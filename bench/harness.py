@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,48 +384,31 @@ class Stack:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident set size of a process (VmRSS), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident set size of a process, in MiB; a process gone counts 0."""
+    try:
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def descendants(pid: int) -> list[int]:
     """Every process below `pid`, children first."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is None:
-            continue  # it exited meanwhile
-        parents.setdefault(int(fields[1]), []).append(int(entry.name))  # ppid
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        kids = parents.get(queue.pop(0), [])
-        found.extend(kids)
-        queue.extend(kids)
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def cpu_s(pids: Iterable[int]) -> float:
     """CPU time (user + system) the processes have used so far, in seconds; a process gone counts 0."""
-    ticks = 0
+    total = 0.0
     for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None if the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def tree_rss_mb(pid: int) -> dict[str, Any]:
@@ -434,13 +418,13 @@ def tree_rss_mb(pid: int) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
+    # psutil does not name the CPU model; /proc/cpuinfo does.
     cpu = next((ln.split(":", 1)[1].strip() for ln in _lines("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem = next((int(ln.split()[1]) // 1024 for ln in _lines("/proc/meminfo") if ln.startswith("MemTotal")), 0)
     return {
         "platform": platform.platform(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
-        "memory_mb": mem,
+        "memory_mb": psutil.virtual_memory().total // 2**20,
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()),
     }

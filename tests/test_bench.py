@@ -154,3 +154,30 @@ def test_cpu_time_is_read_per_process_and_a_process_gone_counts_nothing() -> Non
     sum(range(10_000_000))  # ~0.2 s of CPU; the clock counts in 10 ms ticks
     assert cpu_s([os.getpid()]) - before >= 0.05
     assert cpu_s([gone]) == 0.0
+
+
+def test_process_trees_and_their_memory_are_read_and_a_process_gone_counts_nothing() -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from bench.harness import descendants, rss_mb, tree_rss_mb
+
+    parent = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    kids: list[int] = []
+    try:
+        for _ in range(50):  # the shell forks its child within a few milliseconds
+            if kids := descendants(parent.pid):
+                break
+            time.sleep(0.02)
+        assert len(kids) == 1 and kids[0] != parent.pid
+        tree = tree_rss_mb(parent.pid)
+        assert set(tree["processes"]) == {str(parent.pid), str(kids[0])}
+        assert tree["total"] > 0 and all(mb > 0 for mb in tree["processes"].values())
+    finally:
+        for kid in kids:
+            os.kill(kid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+    assert descendants(parent.pid) == [] and rss_mb(parent.pid) == 0.0
