@@ -16,6 +16,8 @@ from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.http import HTTP_STATUS_CODES
 
+from tapecore.errors import problem_type
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # one per core on the 2-core reference host
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # requests at once, per process
@@ -46,7 +48,7 @@ def write_problem(sock, status_int: int, reason: str, mesg: str) -> None:  # typ
         kind = title.lower().replace(" ", "-")
     body = json.dumps(
         {
-            "type": f"https://tapeserve.dev/problems/{kind}",
+            "type": problem_type(kind),
             "title": title,
             "status": status_int,
             "detail": mesg[:512] or http.HTTPStatus(status_int).description,

@@ -11,18 +11,19 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from tapecore.limits import Limits
 from tapecore.logs import configure_logging
 from tapecore.ops import REGISTRY
 from tapecore.redisconn import connect_from_env
 
 from .auth import KeyRing, install_auth, install_key_check, load_keys
-from .config import DEFAULTS, inflight_body_bytes, limits_from_config
+from .config import DEFAULTS, inflight_body_bytes
 from .inflight import BodyBudget, install_body_budget
 from .jobqueue import JobQueue
 from .metrics import install_metrics
 from .problems import register_error_handlers
 from .ratelimit import address_limit, install_rate_limit
-from .routes import docs, gradients, health, jobs, ops
+from .routes import docs, gradients, health, jobs, ops, problem_pages
 from .state import Services
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -44,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     if int(app.config["PROXY_HOPS"]) > 0:  # the client's address (for the address limit) is in X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_HOPS"]))  # type: ignore[method-assign]
-    limits = limits_from_config(app.config)
+    limits = Limits.from_mapping(app.config)
     # One byte more than the limit: a chunked body must be read one byte past it to tell a body
     # at the limit from one over it (service.body answers 413 for that byte, naming the limit).
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes + 1
@@ -91,7 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     by_address = address_limit(app.config["ADDRESS_RATE_LIMIT"], ring.enabled)
     install_rate_limit(app, str(app.config["RATE_LIMIT"]), by_address, app.config["REDIS_URL"])
     install_key_check(app)
-    for module in (gradients, jobs, ops, health, docs):
+    for module in (gradients, jobs, ops, health, docs, problem_pages):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
     return app

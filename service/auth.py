@@ -17,7 +17,15 @@ from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 PUBLIC_ENDPOINTS = frozenset(
-    {"health.healthz", "health.readyz", "metrics.metrics", "docs.openapi", "docs.docs", "docs.docs_static"}
+    {
+        "health.healthz",
+        "health.readyz",
+        "metrics.metrics",
+        "docs.openapi",
+        "docs.docs",
+        "docs.docs_static",
+        "problem_pages.problem_page",
+    }
 )
 
 

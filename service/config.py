@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,6 @@ DEFAULTS: dict[str, Any] = {
     # more (one body at the limit, with room for small ones beside it)
     "MAX_INFLIGHT_BODY_BYTES": None,
 }
-
-
-def limits_from_config(config: Mapping[str, Any]) -> Limits:
-    """Build the request limits from `MAX_*` and `TIME_LIMIT_S` config keys."""
-    names = {f.name for f in dataclasses.fields(Limits)}
-    return Limits.from_mapping({k.lower(): v for k, v in config.items() if k.lower() in names})
 
 
 def inflight_body_bytes(config: Mapping[str, Any], limits: Limits) -> int:

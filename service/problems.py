@@ -15,13 +15,13 @@ from urllib.parse import quote
 import orjson
 import redis.exceptions
 from flask import Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
+from werkzeug.http import HTTP_STATUS_CODES
 
-from tapecore.errors import TapeserveError
+from tapecore.errors import PROBLEM_TYPES, ProblemType, TapeserveError, problem_type
 
 log = logging.getLogger("tapeserve.api")
 
-PROBLEM_BASE = "https://tapeserve.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 
 # How lower layers' exceptions map to problems: (status, type, title). A test checks that
@@ -36,6 +36,45 @@ LOWER_EXCEPTIONS: dict[type[Exception], tuple[int, str, str]] = {
 }
 
 
+# The API's own problems that no domain error class describes.
+API_PROBLEM_TYPES = (
+    ProblemType(
+        "redis-unavailable",
+        "The job store is unavailable",
+        503,
+        "Redis, which holds the queue and the results, is unreachable, loading, read-only or full.",
+        "Retry after the seconds that Retry-After gives.",
+    ),
+    ProblemType(
+        "server-busy",
+        "The server is busy reading other requests",
+        503,
+        "This API process holds as many request bodies as it may; this one was not read.",
+        "Retry after the seconds that Retry-After gives.",
+    ),
+)
+
+
+def http_kind(title: str) -> str:
+    """Return the problem kind of an HTTP status's title ("Not Found" -> "not-found")."""
+    return title.lower().replace(" ", "-")
+
+
+def problem_catalogue() -> dict[str, ProblemType]:
+    """Every problem type the API, the worker, gunicorn and nginx answer with, by kind."""
+    catalogue = dict(PROBLEM_TYPES)
+    catalogue.update((p.kind, p) for p in API_PROBLEM_TYPES)
+    for status, title in HTTP_STATUS_CODES.items():
+        kind = http_kind(title)
+        if status < 400 or status == 500 or not kind.replace("-", "").isalpha():  # 500: "internal-error"
+            continue
+        exc = default_exceptions.get(status)
+        meaning = exc.description if exc is not None and exc.description else f"The server answered {title}."
+        what = "Change the request as `detail` says" if status < 500 else "Retry later"
+        catalogue.setdefault(kind, ProblemType(kind, title, status, meaning, what + "."))
+    return catalogue
+
+
 def problem_response(
     status: int,
     kind: str,
@@ -48,7 +87,7 @@ def problem_response(
 ) -> Response:
     """Answer with a problem document."""
     body: dict[str, Any] = {
-        "type": PROBLEM_BASE + kind,
+        "type": problem_type(kind),
         "title": title,
         "status": status,
         "detail": detail,
@@ -85,7 +124,7 @@ def register_error_handlers(app: Flask) -> None:
             return internal_error(exc)
         status = exc.code or 500
         headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
-        kind = (exc.name or "error").lower().replace(" ", "-")
+        kind = http_kind(exc.name or "error")
         return problem_response(status, kind, exc.name, exc.description or exc.name, headers=headers)
 
     for exc_type, (status, kind, title) in LOWER_EXCEPTIONS.items():

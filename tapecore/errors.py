@@ -14,6 +14,36 @@ _SHORT = reprlib.Repr()  # keyword arguments arrive only in Python 3.12
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 30, 30, 4, 4
 
 
+# Problem `type` URIs are relative references (RFC 9457 allows them) to pages the API serves
+# itself at `/problems/{kind}`, so they resolve against whichever host answered.
+PROBLEM_BASE = "/problems/"
+
+
+def problem_type(kind: str) -> str:
+    """Return the `type` URI of the problem named `kind`."""
+    return PROBLEM_BASE + kind
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    """What `/problems/{kind}` says of one kind of problem."""
+
+    kind: str
+    title: str
+    status: int
+    meaning: str
+    action: str
+
+
+# Every problem type this package and the worker answer with; the API adds the HTTP ones.
+PROBLEM_TYPES: dict[str, ProblemType] = {}
+
+
+def register_problem_type(kind: str, title: str, status: int, meaning: str, action: str) -> None:
+    """Add a problem type to the catalogue (the first registration of a kind wins)."""
+    PROBLEM_TYPES.setdefault(kind, ProblemType(kind, title, status, meaning, action))
+
+
 def short_repr(value: Any) -> str:
     """A short repr for messages, bounded in depth so that hostile nesting cannot recurse."""
     return _SHORT.repr(value)
@@ -63,6 +93,13 @@ class TapeserveError(Exception):
     kind = "invalid-graph"
     title = "The graph is not valid"
     status = 422
+    action = "Fix the fields that `errors[]` points at (JSON Pointers into the request) and send it again."
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # a class that names a kind of its own describes it
+            meaning = (cls.__doc__ or cls.title).strip().splitlines()[0]
+            register_problem_type(cls.kind, cls.title, cls.status, meaning, cls.action)
 
     def __init__(self, errors: list[FieldError] | FieldError, detail: str | None = None):
         self.errors = [errors] if isinstance(errors, FieldError) else list(errors)
@@ -72,7 +109,7 @@ class TapeserveError(Exception):
     def problem(self) -> dict[str, Any]:
         """Return this error as the body of an RFC 9457 problem document."""
         return {
-            "type": f"https://tapeserve.dev/problems/{self.kind}",
+            "type": problem_type(self.kind),
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
@@ -84,11 +121,21 @@ class GraphError(TapeserveError):
     """The request is well-formed JSON but not a valid graph (422)."""
 
 
+register_problem_type(
+    TapeserveError.kind,
+    TapeserveError.title,
+    TapeserveError.status,
+    "The request is well-formed JSON but not a valid graph: `errors[]` points at each fault.",
+    TapeserveError.action,
+)
+
+
 class LimitExceeded(GraphError):
     """A size, depth, count or time limit was exceeded (422, or 413 for a tensor's bytes)."""
 
     kind = "limit-exceeded"
     title = "A limit was exceeded"
+    action = "Stay within the limit that `errors[].limit` names (`GET /v1/limits` lists them): send less, or split it."
 
 
 class TensorTooLarge(LimitExceeded):
@@ -103,6 +150,7 @@ class ExecutionError(GraphError):
 
     kind = "execution-error"
     title = "TensorFlow could not run the graph"
+    action = "Change the inputs or attrs that the message names so that the op accepts them."
 
 
 @dataclass
@@ -147,6 +195,7 @@ class TimeLimitExceeded(LimitExceeded):
 
     kind = "time-limit-exceeded"
     title = "The graph ran past its time limit"
+    action = "Send a smaller graph or smaller tensors; the limit is `time_limit_s` in `GET /v1/limits`."
 
 
 class MemoryLimitExceeded(LimitExceeded):
@@ -154,6 +203,7 @@ class MemoryLimitExceeded(LimitExceeded):
 
     kind = "memory-limit-exceeded"
     title = "The graph needed more memory than the worker allows"
+    action = "Send a smaller graph or smaller tensors."
 
 
 class WorkerCrashed(TapeserveError):
@@ -161,6 +211,7 @@ class WorkerCrashed(TapeserveError):
 
     kind = "worker-crashed"
     title = "The worker crashed while running this graph"
+    action = "Send it again once; if it crashes again, report the graph with the answer's X-Request-ID."
 
 
 class JobStopped(TapeserveError):
@@ -169,6 +220,7 @@ class JobStopped(TapeserveError):
     kind = "job-canceled"
     title = "The job was canceled"
     status = 409
+    action = "Nothing to fix: send the request again to run it."
 
 
 class InternalError(TapeserveError):
@@ -177,6 +229,44 @@ class InternalError(TapeserveError):
     kind = "internal-error"
     title = "Internal error"
     status = 500
+    action = "Report it with the answer's X-Request-ID; the server has logged it."
+
+
+class NoWorker(TapeserveError):
+    """No live worker serves the pool the request asks for, so nothing was queued."""
+
+    kind = "no-worker"
+    title = "No worker serves this device"
+    status = 503
+    action = "Retry after the seconds that Retry-After gives, or ask for `device: any`."
+
+    def __init__(self, device: str):
+        message = f"no live worker serves the '{device}' pool"
+        super().__init__(FieldError("/device", message), detail=f"{message}; the job was not queued")
+
+
+# Problems that the worker and the job store write as documents, not raised as classes here.
+register_problem_type(
+    "worker-lost",
+    "The worker running this job was lost",
+    422,
+    "The worker stopped (killed, or its host lost) while it ran the job, so the job did not finish.",
+    "Send the request again.",
+)
+register_problem_type(
+    "result-not-stored",
+    "The result could not be stored",
+    503,
+    "The graph ran, but the job store was full and refused its result.",
+    "Send the request again after the seconds that Retry-After gives.",
+)
+register_problem_type(
+    "not-run",
+    "This graph was not run",
+    422,
+    "An earlier graph of the same batch ended the batch (it crashed or ran out of time) before this one ran.",
+    "Send this graph again.",
+)
 
 
 class RemoteProblem(TapeserveError):

@@ -16,7 +16,6 @@ REF_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,63})(?::([0-9]{1,4}))?$")
 
 MODES = ("gradient", "jacobian", "batch_jacobian", "hessian", "jvp")
 UNCONNECTED = ("none", "zero")
-DEVICES = ("any", "cpu", "gpu")
 ENCODINGS = ("json", "b64")
 FIELDS = frozenset(
     {

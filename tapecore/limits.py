@@ -38,11 +38,18 @@ class Limits:
     time_limit_s: float = 60.0  # wall time of one job in the TensorFlow process
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Limits:
-        """Build limits from a mapping of field names (extra keys are ignored)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+    def from_mapping(cls, values: Mapping[str, Any], prefix: str = "") -> Limits:
+        """Build limits from the keys `<prefix><FIELD>` of a mapping, in any case; others are ignored.
+
+        The one loader: the API passes its config (`MAX_OPS`), the worker its environment
+        (`TAPESERVE_MAX_OPS`), so both read the same names the same way.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
-        for name, raw in values.items():
+        for key, raw in values.items():
+            if not key.upper().startswith(prefix.upper()):
+                continue
+            name = key[len(prefix) :].lower()
             if name in fields:
                 kwargs[name] = float(raw) if name == "time_limit_s" else int(raw)
         return cls(**kwargs)

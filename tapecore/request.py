@@ -15,7 +15,6 @@ from .cost import estimate
 from .errors import ErrorCollector, FieldError, GraphError, pointer, short_repr
 from .expression import parse_expression
 from .graph import (
-    DEVICES,
     ENCODINGS,
     FIELDS,
     MODES,
@@ -35,6 +34,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .modes import mode_fields, parse_sources, parse_targets
 from .ops import REGISTRY
 from .opspec import AttrError, OpSpec, TensorInfo
+from .protocol import DEVICES
 from .registry import Registry, UnknownOp
 from .tensors import NONFINITE, TensorSpec, parse_tensor
 

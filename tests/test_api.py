@@ -21,7 +21,7 @@ def assert_problem(response: Any, status: int, *paths: str) -> dict[str, Any]:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == PROBLEM
     body = response.get_json(force=True)
-    assert body["status"] == status and body["title"] and body["type"].startswith("https://")
+    assert body["status"] == status and body["title"] and body["type"].startswith("/problems/")
     assert "Traceback" not in response.get_data(as_text=True)
     got = [e["path"] for e in body["errors"]]
     for path in paths:

@@ -65,7 +65,7 @@ RAISED_LIMITS = {
     "TAPESERVE_MAX_FLOPS": str(2**60),
     "TAPESERVE_MAX_TOTAL_ELEMENTS": str(2**36),
 }
-GRAPH_ERRORS = "https://tapeserve.dev/problems/"
+GRAPH_ERRORS = "/problems/"
 
 
 # -- results over max_result_bytes, refused in the engine (no processes) ----------------------------

@@ -705,7 +705,7 @@ def test_every_nginx_error_page_is_a_problem_document() -> None:
         doc = json.loads((ROOT / "deploy/nginx/problems" / f"{page}.json").read_text())
         assert doc["status"] == status and doc["errors"] == [] and doc["detail"]
         kind = "internal-error" if status == 500 else HTTP_STATUS_CODES[status].lower().replace(" ", "-")
-        assert doc["type"] == f"https://tapeserve.dev/problems/{kind}", "the API names the same status so"
+        assert doc["type"] == f"/problems/{kind}", "the API names the same status so"
         assert doc["title"] in (HTTP_STATUS_CODES[status], "Internal error")
 
 
@@ -729,7 +729,7 @@ def test_gunicorn_runs_gevent_workers_that_answer_its_own_errors_as_problems(
     assert b"Content-Type: application/problem+json" in head
     assert b"Content-Length: %d" % len(body) in head
     assert json.loads(body) == {
-        "type": "https://tapeserve.dev/problems/request-header-fields-too-large",
+        "type": "/problems/request-header-fields-too-large",
         "title": "Request Header Fields Too Large",
         "status": 431,
         "detail": "Error parsing headers: 'x'",
@@ -739,7 +739,7 @@ def test_gunicorn_runs_gevent_workers_that_answer_its_own_errors_as_problems(
     with left, right:
         conf["write_problem"](left, 500, "Internal Server Error", "")
         _, _, body = right.recv(65536).partition(b"\r\n\r\n")
-    assert json.loads(body)["type"] == "https://tapeserve.dev/problems/internal-error", "as the API's own 500"
+    assert json.loads(body)["type"] == "/problems/internal-error", "as the API's own 500"
     assert json.loads(body)["title"] == "Internal error" and json.loads(body)["detail"]
 
 

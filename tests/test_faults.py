@@ -298,7 +298,7 @@ def test_a_killed_tensorflow_process_fails_its_job_once_within_2_s_then_is_repla
     assert detected <= CRASH_DETECTION_S
     error = doc["error"]
     assert error["status"] == 422
-    assert error["type"] == "https://tapeserve.dev/problems/worker-crashed"
+    assert error["type"] == "/problems/worker-crashed"
     assert error["title"] == "The worker crashed while running this graph"
     assert error["detail"] == "the worker crashed while running this graph (killed by SIGKILL)"
 
@@ -338,7 +338,7 @@ def test_a_graph_past_its_time_limit_is_stopped_within_the_limit_plus_2_s(
     print(f"MEASURED time-out: a {limit:g} s limit stopped the job after {ran:.2f} s (RQ's started_at to ended_at)")
     assert limit <= ran <= limit + TIME_LIMIT_OVERSHOOT_S
     error = doc["error"]
-    assert error["status"] == 422 and error["type"] == "https://tapeserve.dev/problems/time-limit-exceeded"
+    assert error["status"] == 422 and error["type"] == "/problems/time-limit-exceeded"
     assert "past the limit time_limit_s = 2" in error["errors"][0]["message"]
     assert job_lines(fs, job_id)[0].endswith("outcome=time-limit-exceeded")
     # Killed inside its kernels (the graph needs ~9 s), replaced, warm for the next job.
@@ -364,7 +364,7 @@ def test_a_worker_killed_mid_job_leaves_a_failed_job_within_the_documented_bound
     print(f"MEASURED lost worker: job failed {took:.1f} s after SIGKILL (bound LOST_JOB_BOUND_S = {LOST_JOB_BOUND_S})")
     assert took <= LOST_JOB_BOUND_S
     assert doc["error"]["status"] == 422
-    assert doc["error"]["type"] == "https://tapeserve.dev/problems/worker-lost"
+    assert doc["error"]["type"] == "/problems/worker-lost"
     assert job_lines(fs, job_id) == []  # it never finished anywhere: not run again
     assert_next_request_succeeds(fs.stack)  # on the surviving worker
     # The API stops counting the dead worker when its registration expires, in under WORKER_TTL_S.
@@ -471,7 +471,7 @@ def test_rqs_own_job_timeout_is_a_time_limit_problem_and_the_busy_tf_process_is_
         worker.work(burst=True, logging_level="WARNING")
         job.refresh()
         assert job.get_status() == JobStatus.FAILED
-        assert job.meta[PROBLEM_META]["type"] == "https://tapeserve.dev/problems/time-limit-exceeded"
+        assert job.meta[PROBLEM_META]["type"] == "/problems/time-limit-exceeded"
         # Killed, not handed the next document while still busy; the next `run` starts another.
         assert not alive(busy) and not runner.warm and runner.pid is None
     finally:

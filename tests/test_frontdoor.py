@@ -82,7 +82,7 @@ class Answer:
         doc = json.loads(self.body)
         assert isinstance(doc, dict)
         assert doc["status"] == self.status
-        assert doc["type"].startswith("https://tapeserve.dev/problems/") and doc["title"] and doc["detail"]
+        assert doc["type"].startswith("/problems/") and doc["title"] and doc["detail"]
         return doc
 
 
@@ -458,14 +458,14 @@ def test_nginx_refusals_are_problem_documents(
 ) -> None:
     answer = exchange(frontdoor.port, request_bytes)
     assert answer.status == status, answer
-    assert answer.problem()["type"] == f"https://tapeserve.dev/problems/{kind}"
+    assert answer.problem()["type"] == f"/problems/{kind}"
 
 
 @needs_nginx
 def test_a_chunked_body_over_the_limit_is_413_before_the_api_reads_it(make_run: FrontDoor) -> None:
     answer = send_chunked(make_run.port, 2 * MAX_BODY_BYTES)
     assert answer.status == 413
-    assert answer.problem()["type"] == "https://tapeserve.dev/problems/request-entity-too-large"
+    assert answer.problem()["type"] == "/problems/request-entity-too-large"
 
 
 @needs_nginx
@@ -480,7 +480,7 @@ def test_nginx_with_no_api_behind_it_answers_502_as_a_problem(tmp_path: Path) ->
     finally:
         interrupt(nginx)
     assert answer.status == 502
-    assert answer.problem()["type"] == "https://tapeserve.dev/problems/bad-gateway"
+    assert answer.problem()["type"] == "/problems/bad-gateway"
 
 
 def test_the_apis_own_problems_pass_through_untouched(frontdoor: FrontDoor) -> None:
@@ -530,4 +530,4 @@ def test_gunicorns_own_refusals_are_problem_documents(
     """gunicorn answers these itself, before the app: reached directly, behind nginx's back."""
     answer = exchange(gunicorn_port, request_bytes)
     assert answer.status == status, answer
-    assert answer.problem()["type"] == f"https://tapeserve.dev/problems/{kind}"
+    assert answer.problem()["type"] == f"/problems/{kind}"

@@ -775,7 +775,7 @@ def problem_of(response: Any, status: int) -> dict[str, Any]:
     assert response.mimetype == PROBLEM
     assert "Traceback" not in text and 'File "' not in text
     body: dict[str, Any] = orjson.loads(text)
-    assert body["status"] == status and body["title"] and body["type"].startswith("https://")
+    assert body["status"] == status and body["title"] and body["type"].startswith("/problems/")
     return body
 
 

@@ -56,6 +56,7 @@ OPERATION_IDS = {
     ("/openapi.yaml", "get"): "getOpenapi",
     ("/docs", "get"): "docs",
     ("/docs/static/{filename}", "get"): "docsStatic",
+    ("/problems/{kind}", "get"): "problemType",
 }
 
 # Documented statuses that no scenario here produces, each with the test that does. Empty: every
@@ -172,7 +173,7 @@ def scenario(
 
 def send(client: FlaskClient, path: str, method: str, job_id: str = UNKNOWN_JOB, **headers: str) -> TestResponse:
     """Make a plain request of this route: its usual body, path parameters filled in."""
-    url = path.replace("{job_id}", job_id).replace("{filename}", "swagger-ui.css")
+    url = path.replace("{job_id}", job_id).replace("{filename}", "swagger-ui.css").replace("{kind}", "no-worker")
     return client.open(url, method=method.upper(), json=BODIES.get(path), headers=headers)
 
 
@@ -518,6 +519,21 @@ def _(env: Env) -> TestResponse:
 @scenario("/docs/static/{filename}", "get", "404", "no-such-file")
 def _(env: Env) -> TestResponse:
     return env.client.get("/docs/static/no-such-file.js")
+
+
+@scenario("/problems/{kind}", "get", "200")
+def _(env: Env) -> TestResponse:
+    response = send(env.client, "/problems/{kind}", "get")
+    page = response.get_data(as_text=True)
+    assert "No worker serves this device" in page and "503" in page
+    return response
+
+
+@scenario("/problems/{kind}", "get", "404", "no-such-kind")
+def _(env: Env) -> TestResponse:
+    response = env.client.get("/problems/no-such-kind")
+    assert response.get_json()["type"] == "/problems/not-found"
+    return response
 
 
 # What every route answers alike: 401 and 429 on the non-public ones, a bug's 500 on all.

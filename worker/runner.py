@@ -43,6 +43,7 @@ from tapecore.errors import (
     TapeserveError,
     TimeLimitExceeded,
     WorkerCrashed,
+    problem_type,
 )
 from tapecore.limits import Limits
 from worker import metrics
@@ -60,7 +61,7 @@ DEFAULT_MEMORY_LIMIT_MB = 4096  # 4 GiB: the warm TF process holds ~0.65 GB, max
 WARM_SHARE_MAX = 0.9  # a cap the warm TF process (~0.65 GB resident) already fills this much of is refused
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 NOT_RUN_PROBLEM = {
-    "type": "https://tapeserve.dev/problems/not-run",
+    "type": problem_type("not-run"),
     "title": "This graph was not run",
     "status": 422,
     "detail": "an earlier graph of the batch stopped it; send this graph again",

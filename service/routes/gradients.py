@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, g, request, url_for
 from rq.job import Job
 
 from tapecore.cost import human_bytes
-from tapecore.errors import FieldError, LimitExceeded, TapeserveError
+from tapecore.errors import FieldError, LimitExceeded, NoWorker, TapeserveError
 from tapecore.parsecache import REQUESTS
 from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, OWNER_META, REQUEST_ID_META
 from tapecore.tensors import TensorSpec, packed
@@ -98,14 +98,7 @@ def submit(function: str, payload: bytes, device: str) -> Response:
     """Enqueue a job and wait as the client prefers: 200 with the outcome, or 202."""
     svc = services()
     if not svc.jobs.has_worker(device):
-        retry = str(current_app.config["RETRY_AFTER_S"])
-        return problem_response(
-            503,
-            "no-worker",
-            "No worker serves this device",
-            f"no live worker serves the '{device}' pool; the job was not queued",
-            headers={"Retry-After": retry},
-        )
+        raise NoWorker(device)
     meta = {REQUEST_ID_META: g.get("request_id", ""), OWNER_META: g.get("owner", "")}
     job = svc.jobs.enqueue(function, payload, device=device, meta=meta)
     return answer(job, parse_prefer(request.headers), current_app.config["DEFAULT_WAIT_S"])
