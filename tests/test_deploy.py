@@ -1,8 +1,8 @@
 """The deployment files, checked without a Docker engine.
 
 hadolint lints the Dockerfile; check-jsonschema validates docker-compose.yml against the
-Compose Specification's JSON schema; the rest parses the Dockerfile, .dockerignore, the
-compose file and pyproject.toml and checks that they agree: every compose service runs a
+Compose Specification's JSON schema; dockerfile-parse reads the Dockerfile; the rest parses
+.dockerignore, the compose file and pyproject.toml and checks that they agree: every compose service runs a
 program its image target provides, the API image never gets TensorFlow, Redis keeps its
 jobs, and the GPU worker stays behind its profile.
 """
@@ -10,6 +10,7 @@ jobs, and the GPU worker stays behind its profile.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import re
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -114,43 +115,21 @@ class Dockerfile:
         return None
 
 
-def logical_lines(text: str) -> Iterator[str]:
-    """Join continuation lines and drop comments, as the Dockerfile frontend does."""
-    current: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("#") or (not line and current):
-            continue
-        if line.endswith("\\"):
-            current.append(line[:-1].strip())
-            continue
-        current.append(line)
-        joined = " ".join(part for part in current if part)
-        current = []
-        if joined:
-            yield joined
-
-
-def substitute(value: str, variables: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), value)
-
-
 @cache
 def dockerfile() -> Dockerfile:
-    global_args: dict[str, str] = {}
+    """Read the Dockerfile's stages (dockerfile-parse joins continuations and substitutes ARGs in FROM)."""
+    parser = DockerfileParser(fileobj=io.BytesIO(DOCKERFILE.read_bytes()))
+    bases = iter(parser.parent_images)
     stages: dict[str, Stage] = {}
     current: Stage | None = None
-    for line in logical_lines(DOCKERFILE.read_text()):
-        keyword, _, arguments = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "ARG" and current is None:
-            name, _, default = arguments.partition("=")
-            global_args[name] = default
-        elif keyword == "FROM":
+    for item in parser.structure:
+        keyword, arguments = item["instruction"], item["value"]
+        if keyword == "COMMENT" or (keyword == "ARG" and current is None):
+            continue  # a global ARG matters only in FROM, where parent_images substituted it
+        if keyword == "FROM":
             words = [w for w in arguments.split() if not w.startswith("--platform")]
-            image = substitute(words[0], global_args)
             assert len(words) == 3 and words[1].upper() == "AS", f"every stage is named: FROM {arguments}"
-            current = Stage(name=words[2], base=image)
+            current = Stage(name=words[2], base=next(bases))
             stages[current.name] = current
         else:
             assert current is not None, f"{keyword} before the first FROM"
