@@ -184,10 +184,11 @@ class ErrorCollector:
 
     def raise_if_any(self) -> None:
         """Raise the collected errors: limit errors first, since they explain the rest."""
+        # One fault met twice (a missing name used twice in an expression) is said once.
         if self.limit_errors:
-            raise LimitExceeded(self.limit_errors + self.errors)
+            raise LimitExceeded(list(dict.fromkeys(self.limit_errors + self.errors)))
         if self.errors:
-            raise GraphError(self.errors)
+            raise GraphError(list(dict.fromkeys(self.errors)))
 
 
 class TimeLimitExceeded(LimitExceeded):

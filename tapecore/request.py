@@ -51,6 +51,7 @@ __all__ = [
     "Node",
     "Ref",
     "mode_fields",
+    "parse_batch",
     "parse_request",
     "parse_tensors",
 ]
@@ -116,6 +117,31 @@ def parse_request(
         request.cost = estimate(request, tally, limits, errors)
     errors.raise_if_any()
     return request
+
+
+BATCH_FIELDS = ("device", "graphs")
+
+
+def parse_batch(doc: Any) -> tuple[list[Any], str]:
+    """Check a batch's envelope and return its graphs (each still unchecked) and its device.
+
+    Each graph is checked on its own by `parse_request`, so that one invalid graph does not
+    sink the batch.
+    """
+    errors = ErrorCollector()
+    if not isinstance(doc, dict):
+        raise GraphError(FieldError("", "the request must be a JSON object"))
+    for key in doc:
+        if key not in BATCH_FIELDS:
+            errors.add(pointer(key), f"unknown field; a batch has {', '.join(BATCH_FIELDS)}")
+    graphs = doc.get("graphs")
+    if graphs is None:
+        errors.add("/graphs", "is required: a non-empty list of graphs")
+    elif not isinstance(graphs, list) or not graphs:
+        errors.add("/graphs", f"must be a non-empty list of graphs, not {short_repr(graphs)}")
+    device = _choice(doc, "device", DEVICES, "any", errors)
+    errors.raise_if_any()
+    return graphs if isinstance(graphs, list) else [], device
 
 
 def _choice(doc: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str, errors: ErrorCollector) -> str:

@@ -12,6 +12,7 @@ from tapecore.cost import human_bytes
 from tapecore.errors import FieldError, LimitExceeded, NoWorker, TapeserveError
 from tapecore.parsecache import REQUESTS
 from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, OWNER_META, REQUEST_ID_META
+from tapecore.request import parse_batch
 from tapecore.tensors import TensorSpec, packed
 
 from ..body import read_json
@@ -19,7 +20,6 @@ from ..jobqueue import iso
 from ..prefer import Preferences, parse_prefer
 from ..problems import problem_from_document, problem_response
 from ..responses import json_response
-from ..schemas import BATCH_SCHEMA, GRADIENT_SCHEMA, check_envelope
 from ..state import services
 
 bp = Blueprint("gradients", __name__)
@@ -35,7 +35,6 @@ def post_gradients() -> Response:
     """Check a graph, queue it, and answer with its result or a job to poll."""
     svc = services()
     doc, body = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
-    check_envelope(GRADIENT_SCHEMA, doc)
     parsed = REQUESTS.parse(doc, svc.registry, svc.limits)
     for_worker = packed_tensors(doc, parsed.tensors)
     return submit(JOB_FUNCTION, body if for_worker is None else orjson.dumps(for_worker), parsed.device)
@@ -46,8 +45,7 @@ def post_batch() -> Response:
     """Check many graphs and run them as one job; answer with a result or problem for each."""
     svc = services()
     doc, _ = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
-    check_envelope(BATCH_SCHEMA, doc)
-    graphs = doc["graphs"]
+    graphs, device = parse_batch(doc)
     limits = svc.limits
     check_batch(len(graphs), "max_batch_graphs", limits.max_batch_graphs, f"{len(graphs)} graphs")
     # The ops written out are counted before any graph is checked, so an oversized batch
@@ -59,7 +57,6 @@ def post_batch() -> Response:
     ops = result_bytes = 0
     for graph in graphs:
         try:
-            check_envelope(GRADIENT_SCHEMA, graph)
             parsed = REQUESTS.parse(graph, svc.registry, limits)
         except TapeserveError as exc:
             items.append({"problem": exc.problem()})
@@ -71,7 +68,7 @@ def post_batch() -> Response:
         what = f"the results of all graphs together would take up to {human_bytes(result_bytes)}"
         check_batch(result_bytes, "max_result_bytes", limits.max_result_bytes, what)
         items.append({"graph": packed_tensors(graph, parsed.tensors) or graph})
-    return submit(BATCH_FUNCTION, orjson.dumps(items), doc.get("device", "any"))
+    return submit(BATCH_FUNCTION, orjson.dumps(items), device)
 
 
 def check_batch(estimate: int, limit: str, maximum: int, what: str) -> None:
