@@ -4,7 +4,7 @@ When nginx is installed it listens on 127.0.0.1:$PORT in front of gunicorn, whic
 on a unix socket in a private directory: nginx reads each request whole before gunicorn sees
 it, so slow clients cannot hold gunicorn (deploy/nginx/, docs/scaling.md). Without nginx,
 gunicorn listens on $PORT itself. Ctrl-C or SIGTERM stops everything this script started,
-and nothing else, and removes the private directory.
+and nothing else, and removes the private directories (the front door's, and a private Redis's data).
 """
 
 from __future__ import annotations
@@ -92,60 +92,21 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+def start_redis(url: str, workdir: str) -> subprocess.Popen[bytes]:
+    """Start a private redis-server for `url`, its data in `workdir`."""
+    parsed = urlparse(url)
+    binary = ensure_redis_server()
+    print(f"starting a private redis-server on port {parsed.port or 6379} (data in {workdir})", flush=True)
+    argv = [binary, "--port", str(parsed.port or 6379), "--bind", parsed.hostname or "127.0.0.1", "--dir", workdir]
+    argv += ["--appendonly", "yes", "--maxmemory-policy", "noeviction"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     url = os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
     port = os.environ.setdefault("PORT", "8000")
     children: list[subprocess.Popen[bytes]] = []
-    if not redis_answers(url):
-        parsed = urlparse(url)
-        binary = ensure_redis_server()
-        workdir = tempfile.mkdtemp(prefix="tapeserve-redis-")
-        print(f"starting a private redis-server on port {parsed.port or 6379} (data in {workdir})", flush=True)
-        children.append(
-            subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(parsed.port or 6379),
-                    "--bind",
-                    parsed.hostname or "127.0.0.1",
-                    "--dir",
-                    workdir,
-                    "--appendonly",
-                    "yes",
-                    "--maxmemory-policy",
-                    "noeviction",
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        deadline = time.monotonic() + 10
-        while not redis_answers(url):
-            if time.monotonic() > deadline:
-                print("redis-server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
-    python = sys.executable
-    host = os.environ.get("HOST", "127.0.0.1")
-    nginx = find_nginx()
-    frontdoor = tempfile.mkdtemp(prefix="tapeserve-frontdoor-")  # 0700: the socket is ours alone
-    socket_path = Path(frontdoor) / "api.sock"
-    gunicorn = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
-    if nginx is None:
-        print("nginx is not installed: gunicorn serves clients directly (slow clients can hold it)", flush=True)
-    else:
-        gunicorn += ["--bind", f"unix:{socket_path}"]
-        os.environ.setdefault("TAPESERVE_PROXY_HOPS", "1")  # the client's address is in X-Forwarded-For
-    children.append(subprocess.Popen([python, "-m", "worker", "--pool", "cpu"], cwd=ROOT))
-    children.append(subprocess.Popen([*gunicorn, "service:create_app()"], cwd=ROOT))
-    if nginx is not None:
-        max_body_bytes = int(os.environ.get("TAPESERVE_MAX_BODY_BYTES") or Limits().max_body_bytes)
-        values = template_values(listen=f"{host}:{port}", api=f"unix:{socket_path}", max_body_bytes=max_body_bytes)
-        config = write_nginx_config(Path(frontdoor), values)
-        children.append(subprocess.Popen([nginx, "-p", frontdoor, "-e", "stderr", "-c", str(config)], cwd=frontdoor))
-    front = "nginx in front of gunicorn" if nginx else "gunicorn"
-    print(f"tapeserve: API on http://{host}:{port} ({front}; docs at /docs); Ctrl-C stops it", flush=True)
-
+    private_dirs: list[str] = []  # removed on exit, with whatever the children wrote there
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -155,6 +116,37 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        if not redis_answers(url):
+            private_dirs.append(tempfile.mkdtemp(prefix="tapeserve-redis-"))
+            children.append(start_redis(url, private_dirs[-1]))
+            deadline = time.monotonic() + 10
+            while not redis_answers(url):
+                if time.monotonic() > deadline or stopping:
+                    print("redis-server did not start", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+        python = sys.executable
+        host = os.environ.get("HOST", "127.0.0.1")
+        nginx = find_nginx()
+        frontdoor = tempfile.mkdtemp(prefix="tapeserve-frontdoor-")  # 0700: the socket is ours alone
+        private_dirs.append(frontdoor)
+        socket_path = Path(frontdoor) / "api.sock"
+        gunicorn = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+        if nginx is None:
+            print("nginx is not installed: gunicorn serves clients directly (slow clients can hold it)", flush=True)
+        else:
+            gunicorn += ["--bind", f"unix:{socket_path}"]
+            os.environ.setdefault("TAPESERVE_PROXY_HOPS", "1")  # the client's address is in X-Forwarded-For
+        children.append(subprocess.Popen([python, "-m", "worker", "--pool", "cpu"], cwd=ROOT))
+        children.append(subprocess.Popen([*gunicorn, "service:create_app()"], cwd=ROOT))
+        if nginx is not None:
+            max_body_bytes = int(os.environ.get("TAPESERVE_MAX_BODY_BYTES") or Limits().max_body_bytes)
+            values = template_values(listen=f"{host}:{port}", api=f"unix:{socket_path}", max_body_bytes=max_body_bytes)
+            config = write_nginx_config(Path(frontdoor), values)
+            nginx_argv = [nginx, "-p", frontdoor, "-e", "stderr", "-c", str(config)]
+            children.append(subprocess.Popen(nginx_argv, cwd=frontdoor))
+        front = "nginx in front of gunicorn" if nginx else "gunicorn"
+        print(f"tapeserve: API on http://{host}:{port} ({front}; docs at /docs); Ctrl-C stops it", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         if not stopping:
@@ -170,7 +162,9 @@ def main() -> int:
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
-        shutil.rmtree(frontdoor, ignore_errors=True)
+                child.wait()
+        for path in private_dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

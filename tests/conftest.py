@@ -17,11 +17,20 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import settings
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# `make test` draws the same examples on every run (derandomized, no example database, no timing
+# deadline on a loaded host); `make fuzz` sets TAPESERVE_HYPOTHESIS_PROFILE=fuzz for fresh random ones.
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
+settings.register_profile("fuzz", derandomize=False, database=None)
+HYPOTHESIS_PROFILE = os.environ.get("TAPESERVE_HYPOTHESIS_PROFILE", "deterministic")
+settings.load_profile(HYPOTHESIS_PROFILE)
+FUZZING = HYPOTHESIS_PROFILE == "fuzz"
 
 
 def free_port() -> int:
@@ -84,13 +93,20 @@ class RedisServer:
         return Redis.from_url(self.url)
 
 
+def private_redis(prefix: str) -> Iterator[RedisServer]:
+    """Start a private redis-server in a temp dir of its own; stop it and remove the dir after."""
+    server = RedisServer(free_port(), tempfile.mkdtemp(prefix=prefix))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tempfile.mkdtemp(prefix="tapeserve-redis-"))
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    yield from private_redis("tapeserve-redis-")
 
 
 @pytest.fixture
@@ -143,12 +159,15 @@ class InProcessWorker:
 
 
 @pytest.fixture
-def worker(redis: Redis) -> InProcessWorker:
+def worker(redis: Redis) -> Iterator[InProcessWorker]:
     pytest.importorskip("tensorflow")  # the jobs run here; an image with the `api` extra alone has no engine
+    from tapecore.limits import DEFAULT_LIMITS
     from worker import jobs
+    from worker.runner import InProcessRunner
 
-    jobs.install_runner(None)  # the in-process engine: real TensorFlow, no TF subprocess
-    return InProcessWorker(redis)
+    jobs.install_runner(InProcessRunner(DEFAULT_LIMITS))  # the in-process engine: real TensorFlow, no TF subprocess
+    yield InProcessWorker(redis)
+    jobs.install_runner(None)
 
 
 @dataclass
@@ -231,10 +250,7 @@ def stop_stack(stack: Stack) -> None:
 
 @pytest.fixture(scope="session")
 def stack_redis() -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tempfile.mkdtemp(prefix="tapeserve-e2e-redis-"))
-    server.start()
-    yield server
-    server.stop()
+    yield from private_redis("tapeserve-e2e-redis-")
 
 
 @pytest.fixture(scope="session")
