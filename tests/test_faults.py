@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 import requests
 from redis import Redis
@@ -68,46 +69,33 @@ TIME_LIMIT_OVERSHOOT_S = 2.0  # ...and a time-out within the limit plus this
 STACK_LIMIT_S = "20"  # the time limit of the stacks that are not testing it
 
 
-# -- processes, from /proc (psutil is not a dependency) ------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, state letter) of a process, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), fields[0]
+# -- processes, read with psutil ---------------------------------------------------------------
 
 
 def alive(pid: int) -> bool:
     """Whether the process exists and is not a zombie waiting to be reaped."""
-    stat = _stat(pid)
-    return stat is not None and stat[1] != "Z"
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid`."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None and stat[1] != "Z":
-            parents[int(entry.name)] = stat[0]
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    return {child.pid for child in children if alive(child.pid)}
 
 
 def tensorflow_process(worker_pid: int) -> int | None:
     """The worker's TensorFlow process: its spawned child (not the resource tracker)."""
     for pid in descendants(worker_pid):
         try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if any("spawn_main" in arg for arg in psutil.Process(pid).cmdline()):
                 return pid
-        except OSError:
+        except psutil.NoSuchProcess:
             continue
     return None
 
