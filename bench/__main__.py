@@ -173,8 +173,8 @@ def back_to_back(
     service sits idle ~5 ms before each one, as it would for a client with think time; this
     is the other reading of "one client": a closed loop with none. Blocks take turns.
 
-    Also returns the CPU time each process role spent per request (user + system, from
-    /proc): where the time of a request goes when the host's cores, not waits, bound it.
+    Also returns the CPU time each process role spent per request (user + system, read with
+    psutil): where the time of a request goes when the host's cores, not waits, bound it.
     """
     rounds, per_block = plan.one_client
     samples: dict[str, list[float]] = {"c": [], "d": []}

@@ -224,7 +224,7 @@ def _one_client_lines(result: Result) -> list[str]:
     lines += ["", f"(c)/(d): {fmt_ratio(ratio)}"]
     cpu = result.get("one_client_cpu_ms")
     if cpu:
-        lines += ["", "CPU time per request, by process (user + system, from /proc), against the wall time's mean:", ""]
+        lines += ["", "CPU time per request, by process (user + system), against the wall time's mean:", ""]
         cpus = result.get("machine", {}).get("cpus", "?")
         for mode, roles in cpu.items():
             parts = " + ".join(f"{role} {ms:.2f}" for role, ms in roles.items())
