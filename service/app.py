@@ -23,6 +23,7 @@ from .jobqueue import JobQueue
 from .metrics import install_metrics
 from .problems import register_error_handlers
 from .ratelimit import address_limit, install_rate_limit
+from .responses import OrjsonProvider
 from .routes import docs, gradients, health, jobs, ops, problem_pages
 from .state import Services
 
@@ -34,6 +35,7 @@ JOB_TIMEOUT_MARGIN_S = 30  # RQ's own job time-out sits behind the TF process's 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the API: defaults, then `REDIS_URL` and `TAPESERVE_*` from the environment, then `config`."""
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("TAPESERVE")
     if "REDIS_URL" in os.environ:

@@ -61,9 +61,10 @@ class KeyRing:
 
 
 def presented_key() -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
+    """Return the key of `Authorization: Bearer KEY` (parsed by Werkzeug) or of `X-API-Key`."""
+    auth = request.authorization
+    if auth is not None and auth.type == "bearer" and auth.token:
+        return auth.token
     return request.headers.get("X-API-Key", "").strip()
 
 

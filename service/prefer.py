@@ -1,10 +1,11 @@
-"""The `Prefer` request header (RFC 7240): `respond-async` and `wait=N`."""
+"""The `Prefer` request header (RFC 7240): `respond-async` and `wait=N`, read with Werkzeug's parsers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from werkzeug.datastructures import Headers
+from werkzeug.http import parse_dict_header, parse_list_header, parse_options_header
 
 
 @dataclass(frozen=True)
@@ -14,21 +15,22 @@ class Preferences:
 
 
 def parse_prefer(headers: Headers) -> Preferences:
-    """Read every `Prefer` header; unknown or malformed preferences are ignored, as 7240 says."""
-    respond_async = False
-    wait: float | None = None
+    """Read every `Prefer` header; unknown or malformed preferences are ignored, as 7240 says.
+
+    A preference given more than once counts at its first instance (RFC 7240, section 2).
+    """
+    given: dict[str, str | None] = {}
     for header in headers.getlist("Prefer"):
-        for item in header.split(","):
-            token, _, value = item.split(";", 1)[0].strip().partition("=")
-            token = token.strip().lower()
-            value = value.strip().strip('"')
-            if token == "respond-async":
-                respond_async = True
-            elif token == "wait":
-                try:
-                    seconds = float(value)
-                except ValueError:
-                    continue
-                if seconds >= 0 and seconds == seconds:  # not NaN
-                    wait = seconds
-    return Preferences(respond_async, wait)
+        for item in parse_list_header(header):
+            preference, _parameters = parse_options_header(item)  # `wait=5; p=q` -> `wait=5`
+            for token, value in parse_dict_header(preference).items():
+                given.setdefault(token.strip().lower(), value)
+    return Preferences("respond-async" in given, _seconds(given.get("wait")))
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None  # NaN compares false, so it is refused too

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import OrderedDict
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 from .errors import ErrorCollector
 from .graph import GradientRequest
@@ -69,7 +69,7 @@ class RequestCache:
 
     def __init__(self, capacity: int = CAPACITY):
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[int, Limits, str], GradientRequest] = OrderedDict()
+        self._entries: LRUCache[tuple[int, Limits, str], GradientRequest] = LRUCache(maxsize=capacity)
         self.hits = 0
         self.misses = 0
 
@@ -85,11 +85,8 @@ class RequestCache:
             request = parse_request(doc, registry, limits, check_values=check_values)
             # Keep the graph, not the values: a hit reads its own (1M-element tensors add up).
             self._entries[key] = request.without_values()
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
             return request
         self.hits += 1
-        self._entries.move_to_end(key)
         errors = ErrorCollector()
         tensors = parse_tensors(doc["tensors"], errors, limits, check_values)
         request = dataclasses.replace(cached, tensors=tensors, output_gradients=None, tangents=None)

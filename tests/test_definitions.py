@@ -31,3 +31,20 @@ def test_the_api_and_the_worker_read_limits_from_the_same_environment_the_same_w
     worker_limits = Limits.from_mapping(os.environ, prefix="TAPESERVE_")
     api_limits = create_app({"TESTING": True, "REDIS_URL": redis_server.url}).extensions["tapeserve"].limits
     assert worker_limits == api_limits == Limits(max_ops=7, time_limit_s=2.5)
+
+
+def test_the_two_lrus_are_cachetools_pinned_in_the_base_dependencies() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from cachetools import LRUCache
+
+    from tapecore.parsecache import RequestCache
+
+    root = Path(__file__).resolve().parent.parent
+    assert "cachetools==8.0.0" in (root / "constraints.txt").read_text().splitlines()
+    base = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("cachetools") for d in base)
+    assert isinstance(RequestCache()._entries, LRUCache)
+    source = (root / "worker" / "engine" / "cache.py").read_text()  # imports TensorFlow-free, but read it as text
+    assert "LRUCache(maxsize=capacity)" in source and "OrderedDict" not in source

@@ -89,3 +89,17 @@ def test_the_cache_keeps_graphs_not_values() -> None:
     again = copy.deepcopy(big)
     again["tensors"]["x"]["fill"] = 4.0
     assert cache.parse(again, REGISTRY, DEFAULT_LIMITS).tensors["x"].fill == 4.0
+
+
+def test_the_cache_is_a_bounded_lru_that_counts_hits_and_misses() -> None:
+    cache = RequestCache(capacity=2)
+    docs = [{"tensors": {"x": [1.0] * n}, "expression": "x * x", "sources": ["x"]} for n in (1, 2, 3)]
+    parse = lambda doc: cache.parse(doc, REGISTRY, DEFAULT_LIMITS)  # noqa: E731
+    parse(docs[0])
+    parse(docs[1])
+    parse(docs[0])  # a hit: docs[0] is now the most recently used
+    parse(docs[2])  # over capacity: docs[1], the least recently used, goes
+    assert (cache.hits, cache.misses, len(cache._entries)) == (1, 3, 2)
+    parse(docs[0])
+    parse(docs[1])
+    assert (cache.hits, cache.misses) == (2, 4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, current_app, g, request, url_for
+from flask.typing import ResponseReturnValue
 from rq.job import Job
 
 from tapecore.cost import human_bytes
@@ -19,7 +20,6 @@ from ..body import read_json
 from ..jobqueue import iso
 from ..prefer import Preferences, parse_prefer
 from ..problems import problem_from_document, problem_response
-from ..responses import json_response
 from ..state import services
 
 bp = Blueprint("gradients", __name__)
@@ -31,7 +31,7 @@ PACK_MIN_ELEMENTS = 16_384
 
 
 @bp.post("/v1/gradients")
-def post_gradients() -> Response:
+def post_gradients() -> ResponseReturnValue:
     """Check a graph, queue it, and answer with its result or a job to poll."""
     svc = services()
     doc, body = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
@@ -41,7 +41,7 @@ def post_gradients() -> Response:
 
 
 @bp.post("/v1/batches")
-def post_batch() -> Response:
+def post_batch() -> ResponseReturnValue:
     """Check many graphs and run them as one job; answer with a result or problem for each."""
     svc = services()
     doc, _ = read_json(request, svc.limits.max_body_bytes, svc.limits.max_json_depth)
@@ -91,7 +91,7 @@ def packed_tensors(doc: dict[str, Any], tensors: dict[str, TensorSpec]) -> dict[
     return {**doc, "tensors": {name: packs.get(name, t) for name, t in doc["tensors"].items()}}
 
 
-def submit(function: str, payload: bytes, device: str) -> Response:
+def submit(function: str, payload: bytes, device: str) -> ResponseReturnValue:
     """Enqueue a job and wait as the client prefers: 200 with the outcome, or 202."""
     svc = services()
     if not svc.jobs.has_worker(device):
@@ -101,7 +101,7 @@ def submit(function: str, payload: bytes, device: str) -> Response:
     return answer(job, parse_prefer(request.headers), current_app.config["DEFAULT_WAIT_S"])
 
 
-def answer(queued: Job, prefs: Preferences, default_wait: float) -> Response:
+def answer(queued: Job, prefs: Preferences, default_wait: float) -> ResponseReturnValue:
     """Wait for the job as preferred; answer with its result, its problem, or 202."""
     svc = services()
     applied: list[str] = []
@@ -120,10 +120,10 @@ def answer(queued: Job, prefs: Preferences, default_wait: float) -> Response:
     entry = svc.jobs.wait(queued.id, wait)
     if entry is None:
         # Not ended within the wait: say so from what enqueueing returned, without a read.
-        return json_response({"id": queued.id, "status": "queued", "created_at": _created(queued)}, 202, headers)
+        return {"id": queued.id, "status": "queued", "created_at": _created(queued)}, 202, headers
     finished = svc.jobs.finished_document(queued, entry)
     if finished is not None:
-        return json_response(finished, 200, headers)
+        return finished, 200, headers
     job = svc.jobs.fetch(queued.id)
     if job is None:  # deleted by another request meanwhile
         return problem_response(404, "not-found", "Not Found", f"job {queued.id} no longer exists")
@@ -133,7 +133,7 @@ def answer(queued: Job, prefs: Preferences, default_wait: float) -> Response:
         problem["job_id"] = queued.id
         problem["instance"] = location
         return problem_from_document(problem, headers=headers)
-    return json_response(doc, 200 if doc["status"] == "finished" else 202, headers)
+    return doc, 200 if doc["status"] == "finished" else 202, headers
 
 
 def _created(job: Job) -> str | None:

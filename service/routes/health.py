@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import redis.exceptions
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, current_app
+from flask.typing import ResponseReturnValue
 
-from ..responses import json_response
 from ..state import services
 
 bp = Blueprint("health", __name__)
@@ -16,13 +16,13 @@ READY_PROBE_TTL_S = 60
 
 
 @bp.get("/healthz")
-def healthz() -> Response:
+def healthz() -> ResponseReturnValue:
     """Say the API process is alive."""
-    return json_response({"status": "ok"})
+    return {"status": "ok"}
 
 
 @bp.get("/readyz")
-def readyz() -> Response:
+def readyz() -> ResponseReturnValue:
     """Say whether requests can be served: Redis takes writes, a live worker in each pool."""
     svc = services()
     try:
@@ -36,10 +36,10 @@ def readyz() -> Response:
     body = {"status": "ok" if not missing else "unavailable", "redis": "ok", "workers": counts}
     if missing:
         body["detail"] = f"no live worker in pool(s): {', '.join(missing)}"
-        return json_response(body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])})
-    return json_response(body)
+        return body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])}
+    return body
 
 
-def _not_ready(redis_state: str) -> Response:
+def _not_ready(redis_state: str) -> ResponseReturnValue:
     body = {"status": "unavailable", "redis": redis_state, "workers": {}}
-    return json_response(body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])})
+    return body, 503, {"Retry-After": str(current_app.config["RETRY_AFTER_S"])}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, Response, current_app, g, request
+from flask.typing import ResponseReturnValue
 from rq.job import Job
 from werkzeug.exceptions import NotFound
 
 from tapecore.protocol import OWNER_META
 
 from ..prefer import parse_prefer
-from ..responses import json_response
 from ..state import services
 
 bp = Blueprint("jobs", __name__)
@@ -28,7 +28,7 @@ def owned_job(job_id: str) -> Job:
 
 
 @bp.get("/v1/jobs/<job_id>")
-def get_job(job_id: str) -> Response:
+def get_job(job_id: str) -> ResponseReturnValue:
     """Answer with the job: its status, and its result or error once it has ended."""
     svc = services()
     job = owned_job(job_id)
@@ -39,11 +39,11 @@ def get_job(job_id: str) -> Response:
         headers["Preference-Applied"] = f"wait={wait:g}"
         if svc.jobs.document(job)["status"] in ("queued", "started") and svc.jobs.wait(job_id, wait):
             job = owned_job(job_id)
-    return json_response(svc.jobs.document(job), 200, headers)
+    return svc.jobs.document(job), 200, headers
 
 
 @bp.delete("/v1/jobs/<job_id>")
-def delete_job(job_id: str) -> Response:
+def delete_job(job_id: str) -> ResponseReturnValue:
     """Cancel a queued job, stop a running one, or delete a finished one."""
     services().jobs.cancel(owned_job(job_id))
     return Response(status=204)

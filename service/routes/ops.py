@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
-from ..responses import json_response
 from ..state import services
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/v1/ops")
-def list_ops() -> Response:
+def list_ops() -> ResponseReturnValue:
     """List every registered op with its aliases, inputs, attrs and description."""
     svc = services()
-    return json_response({"ops": svc.registry.describe(), "limits": svc.limits.as_dict()})
+    return {"ops": svc.registry.describe(), "limits": svc.limits.as_dict()}
 
 
 @bp.get("/v1/limits")
-def list_limits() -> Response:
+def list_limits() -> ResponseReturnValue:
     """List every limit a request must stay within."""
-    return json_response(services().limits.as_dict())
+    return services().limits.as_dict()

@@ -10,12 +10,12 @@ and miss counts.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 from tapecore.graph import GradientRequest, Literal
 
@@ -58,8 +58,8 @@ class CompiledFunctions:
     def __init__(self, capacity: int = CAPACITY, compile_after: int = COMPILE_AFTER):
         self.capacity = capacity
         self.compile_after = compile_after
-        self._functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._functions: LRUCache[str, Callable[..., Any]] = LRUCache(maxsize=capacity)
+        self._seen: LRUCache[str, int] = LRUCache(maxsize=SEEN_CAPACITY)
         self._eager_only: set[str] = set()
         self.stats = CacheStats()
 
@@ -67,7 +67,6 @@ class CompiledFunctions:
         """Return the compiled function for this structure, or None (and count a sighting)."""
         fn = self._functions.get(key)
         if fn is not None:
-            self._functions.move_to_end(key)
             self.stats.hits += 1
             return fn
         self.stats.misses += 1
@@ -79,16 +78,12 @@ class CompiledFunctions:
             return False
         count = self._seen.pop(key, 0) + 1
         self._seen[key] = count
-        while len(self._seen) > SEEN_CAPACITY:
-            self._seen.popitem(last=False)
         return count >= self.compile_after
 
     def put(self, key: str, fn: Callable[..., Any]) -> None:
         self._functions[key] = fn
         self._seen.pop(key, None)
         self.stats.compiles += 1
-        while len(self._functions) > self.capacity:
-            self._functions.popitem(last=False)
 
     def mark_eager_only(self, key: str) -> None:
         """Never compile this structure again (its compiled form failed where eager did not)."""
