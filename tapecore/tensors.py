@@ -151,7 +151,7 @@ def pointer_join(base: str, *parts: str | int) -> str:
 def b64_size(data: str) -> int | None:
     """Return how many bytes `base64.b64decode(data, validate=True)` makes, or None where it refuses `data`.
 
-    Counting instead of decoding takes a sixth of the time (4 MB: 2 ms, not 12), and the
+    Counting instead of decoding takes a sixth of the time (docs/performance.md), and the
     API only needs the count. The rules are b64decode's strict mode (Python 3.11; a test
     compares them over every short string): the alphabet, then the padding the last group
     needs, where a complete last group takes any number of "=" (but "=" alone does not).
@@ -172,8 +172,8 @@ def b64_size(data: str) -> int | None:
 def packed(spec: TensorSpec) -> dict[str, Any] | None:
     """Return a checked `value` tensor as the `b64` document of the same array, or None where it stays JSON.
 
-    The API hands big tensors to the worker this way: the worker reads 1M float32 as base64
-    in ~20 ms, as JSON numbers in ~85 ms. The `array` module rounds to float32 as NumPy does
+    The API hands big tensors to the worker this way: the worker reads base64 about four times
+    faster than JSON numbers (docs/performance.md). The `array` module rounds to float32 as NumPy does
     (a C cast: to nearest, past the range to infinity; a test compares them). Non-finite
     strings, ints past a double and half floats are left as they are.
     """
@@ -186,7 +186,7 @@ def packed(spec: TensorSpec) -> dict[str, Any] | None:
     values = array(typecode)
     try:
         for row in rows:
-            values.fromlist(row)  # a list at a time: 2.5x faster than array(typecode, iterator)
+            values.fromlist(row)  # a list at a time: faster than array(typecode, iterator)
     except (TypeError, OverflowError):
         return None
     if sys.byteorder == "big":
@@ -280,7 +280,7 @@ def _fits(value: Any, shape: tuple[int, ...], dtype: str) -> bool:
     """Say whether `value` is rectangular with this shape (rank >= 1) and every element fits `dtype`.
 
     Each pass is a builtin over an iterator, with no Python per element unless non-finite
-    strings are present (the MLP's 45k floats: 0.7 ms, not 1.0; 1M floats: 15 ms, not 19).
+    strings are present (docs/performance.md has the figures).
     False is only a "don't know": the walk decides, and says where.
     """
     rows = _innermost_rows(value, shape)

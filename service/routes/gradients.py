@@ -25,8 +25,7 @@ from ..state import services
 bp = Blueprint("gradients", __name__)
 
 # Below this many elements a `value` tensor goes to the worker as the client wrote it: packing
-# costs the API about what it saves the worker (per element, API + worker, measured: +4 ns at
-# 4k elements, -9 ns at 16k, -44 ns from 256k on, where 1M JSON floats cost the worker 84 ns each).
+# costs the API about what it saves the worker (docs/performance.md has the figures).
 PACK_MIN_ELEMENTS = 16_384
 
 
@@ -81,9 +80,8 @@ def check_batch(estimate: int, limit: str, maximum: int, what: str) -> None:
 def packed_tensors(doc: dict[str, Any], tensors: dict[str, TensorSpec]) -> dict[str, Any] | None:
     """Return the checked document with its big `value` tensors as `b64`, or None if none is big.
 
-    The worker then reads raw bytes, not JSON numbers: for a 1000x1000 float32 tensor the
-    payload shrinks from 20 MB to 5 MB, and the worker's parse and conversion from ~85 ms to
-    ~20, for ~20 ms of packing here.
+    The worker then reads raw bytes, not JSON numbers: a quarter of the payload and of the
+    worker's parse, for less packing here than it saves there (docs/performance.md).
     """
     packs = {name: p for name, spec in tensors.items() if spec.size >= PACK_MIN_ELEMENTS and (p := packed(spec))}
     if not packs:
