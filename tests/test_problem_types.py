@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
+from tapecore.errors import TapeserveError
 from tests.examples import EXAMPLE_1
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def all_error_classes() -> list[type]:
-    from tapecore.errors import TapeserveError
-
-    found, todo = [], [TapeserveError]
+def all_error_classes() -> list[type[TapeserveError]]:
+    found: list[type[TapeserveError]] = []
+    todo: list[type[TapeserveError]] = [TapeserveError]
     while todo:
         cls = todo.pop()
         found.append(cls)
@@ -27,7 +27,7 @@ def all_error_classes() -> list[type]:
 def test_every_domain_error_kind_is_a_known_problem_type() -> None:
     from tapecore.errors import PROBLEM_TYPES, RemoteProblem
 
-    kinds = {cls.kind for cls in all_error_classes() if cls is not RemoteProblem}  # type: ignore[attr-defined]
+    kinds = {cls.kind for cls in all_error_classes() if cls is not RemoteProblem}
     assert kinds <= set(PROBLEM_TYPES), kinds - set(PROBLEM_TYPES)
 
 
