@@ -16,6 +16,7 @@ API_MODULES = [
     "tests/test_ratelimit.py",
     "tests/test_costmodel.py",
     "tests/test_redisconn.py",
+    "tests/test_problem_types.py",
 ]
 PLUGIN = ["-p", "tests.plugins.no_tensorflow"]
 
