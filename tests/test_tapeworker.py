@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import Connection as MPConnection
 from typing import Any
 
@@ -13,12 +13,12 @@ from redis.connection import Connection
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-from tapecore.limits import Limits
+from tapecore.limits import DEFAULT_LIMITS, Limits
 from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, OrjsonSerializer, payload_key, queue_name
 from tests.conftest import RedisServer
 from tests.examples import EXAMPLE_1
 from worker import jobs
-from worker.runner import TensorFlowProcess
+from worker.runner import InProcessRunner, TensorFlowProcess
 from worker.tapeworker import TapeJob, TapeWorker
 
 pytest.importorskip("tensorflow")  # the jobs run the in-process engine
@@ -36,10 +36,11 @@ class CountingConnection(Connection):
 
 @pytest.fixture
 def counted(redis: Redis, redis_server: RedisServer) -> Iterator[Redis]:
-    jobs.install_runner(None)
+    jobs.install_runner(InProcessRunner(DEFAULT_LIMITS))
     connection = Redis.from_url(redis_server.url, connection_class=CountingConnection)
     yield connection
     connection.close()
+    jobs.install_runner(None)
 
 
 def enqueue(redis: Redis, job_id: str, doc: Any, function: str = JOB_FUNCTION) -> Job:
@@ -124,30 +125,27 @@ def round_trips_per_job(connection: Redis, kind: type[SimpleWorker], n: int) -> 
     return (sends[1] - sends[0]) / (n - 1)
 
 
-def test_a_job_costs_the_lean_worker_a_third_of_rqs_round_trips(counted: Redis) -> None:
-    # Dequeue, fetch, start (with the request), outcome: at most 4 (3.2 measured: a burst
-    # worker pops without blocking). RQ's own SimpleWorker: 19 on RQ 2.12.
-    # A heartbeat or suspension check falls due once a second; a slow host may see one more.
-    lean = round_trips_per_job(counted, TapeWorker, 6)
-    stock = round_trips_per_job(counted, SimpleWorker, 6)
+def test_a_job_costs_the_lean_worker_about_a_quarter_of_rqs_round_trips(counted: Redis) -> None:
+    # docs/performance.md states the count: 5 a job (dequeue, fetch, start, request, outcome),
+    # 19 for RQ 2.12's SimpleWorker. A heartbeat or suspension check falls due once a second.
+    lean = round_trips_per_job(counted, TapeWorker, 21)
+    stock = round_trips_per_job(counted, SimpleWorker, 21)
     print(f"MEASURED round trips per job: lean {lean:.1f}, RQ's SimpleWorker {stock:.1f}")
-    assert lean <= 5
+    assert 4 <= lean <= 6
     assert stock >= 2.5 * lean
 
 
-def test_a_job_of_ours_is_fetched_with_its_request_which_runs_once(counted: Redis) -> None:
+def test_a_jobs_request_is_taken_when_it_runs(counted: Redis) -> None:
     enqueue(counted, "mine", EXAMPLE_1)
-    job = TapeJob.fetch("mine", connection=counted, serializer=OrjsonSerializer)
-    assert job.fetched_payload == orjson.dumps(EXAMPLE_1)
     make_worker(TapeWorker, counted, "w-mine").work(burst=True, logging_level="WARNING")
     assert Job.fetch("mine", connection=counted, serializer=OrjsonSerializer).get_status() == JobStatus.FINISHED
-    assert not counted.exists(payload_key("mine"))  # deleted with the job's start
+    assert not counted.exists(payload_key("mine"))  # read and deleted by the job: it runs once
 
 
 def test_a_sent_transaction_reads_its_replies_later_and_raises_the_first_error(counted: Redis) -> None:
     from redis.exceptions import ResponseError
 
-    from worker.tapeworker import SentTransaction
+    from worker.transaction import SentTransaction
 
     sent = SentTransaction(counted, [("SET", "k", "v"), ("INCR", "n")])
     assert sent.result() == [b"OK", 1]  # EXEC's replies, raw as Redis sends them
@@ -159,7 +157,7 @@ def test_a_sent_transaction_reads_its_replies_later_and_raises_the_first_error(c
     assert counted.ping()  # the connection went back to the pool clean
 
 
-# -- a job's task started early, while its start is written ---------------------------------------
+# -- a job in a real TensorFlow process ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -183,46 +181,19 @@ def target(out: bytes) -> float:
 class SendCounter:
     """Counts the tasks sent to the TensorFlow process (wraps the real pipe; the process is real)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, on_task: Callable[[bytes], None] = lambda payload: None):
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.tasks = 0
         send = MPConnection.send
 
         def counting(conn: MPConnection, obj: Any) -> None:
             if obj is not None:
                 self.tasks += 1
-                on_task(obj[1])
             send(conn, obj)
 
         monkeypatch.setattr(MPConnection, "send", counting)
 
 
-def test_a_task_started_early_is_answered_to_its_own_run_and_never_to_another(
-    tf_process: TensorFlowProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sent = SendCounter(monkeypatch)
-    two, three = square(2.0), square(3.0)
-    tf_process.start_early("graph", two, False)
-    assert target(tf_process.run("graph", two, False)[0]) == 4.0
-    assert sent.tasks == 1  # the run read the early task's answer; it did not send it again
-    # A run of another request (or of an equal copy) waits out the early answer and drops it.
-    tf_process.start_early("graph", two, False)
-    assert target(tf_process.run("graph", three, False)[0]) == 9.0
-    tf_process.start_early("graph", two, False)
-    assert target(tf_process.run("graph", bytes(bytearray(two)), False)[0]) == 4.0
-    assert sent.tasks == 5
-    # A task no run collects is settled: waited out, or killed (the process is replaced).
-    restarts = tf_process.restarts
-    tf_process.start_early("graph", two, False)
-    tf_process.settle_early()
-    assert tf_process.restarts == restarts
-    assert target(tf_process.run("graph", three, False)[0]) == 9.0
-    tf_process.start_early("graph", two, False)
-    tf_process.settle_early(kill=True)
-    assert tf_process.restarts == restarts + 1
-    assert target(tf_process.run("graph", three, False)[0]) == 9.0
-
-
-def test_a_job_whose_start_fails_leaves_no_answer_for_the_next_job(
+def test_a_job_whose_start_fails_fails_and_the_next_job_runs(
     redis: Redis, tf_process: TensorFlowProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class StartFailsOnce(TapeWorker):
@@ -234,14 +205,7 @@ def test_a_job_whose_start_fails_leaves_no_answer_for_the_next_job(
                 raise RuntimeError("the job's start could not be recorded")
             super().prepare_job_execution(job, remove_from_intermediate_queue)
 
-    requests = {square(2.0): "starts-badly", square(3.0): "next"}
-    status_when_sent = {}
-
-    def note_status(payload: bytes) -> None:
-        job_id = requests[payload]
-        status_when_sent[job_id] = Job.fetch(job_id, connection=redis, serializer=OrjsonSerializer).get_status()
-
-    sent = SendCounter(monkeypatch, note_status)
+    sent = SendCounter(monkeypatch)
     for job_id, x in (("starts-badly", 2.0), ("next", 3.0)):
         redis.set(payload_key(job_id), square(x))
         queue = Queue(queue_name("cpu"), connection=redis, serializer=OrjsonSerializer)
@@ -259,5 +223,57 @@ def test_a_job_whose_start_fails_leaves_no_answer_for_the_next_job(
     done = Job.fetch("next", connection=redis, serializer=OrjsonSerializer)
     assert done.get_status() == JobStatus.FINISHED
     assert target(orjson.dumps(done.return_value())) == 9.0
-    assert sent.tasks == 2  # each job's task went to TensorFlow once, before its start was written
-    assert status_when_sent == {"starts-badly": JobStatus.QUEUED, "next": JobStatus.QUEUED}
+    assert sent.tasks == 1  # only the job that started ran in TensorFlow
+
+
+# -- the fork is declared: its RQ series is checked, its runner installed, RQ's dependents kept ---
+
+
+@pytest.mark.parametrize("version", ["2.11.3", "2.13.0", "3.0.0", "1.16.2"])
+def test_the_worker_refuses_an_rq_outside_the_series_it_forks(version: str) -> None:
+    from worker.tapeworker import RQ_SERIES, check_rq_version
+
+    check_rq_version("2.12.0")
+    check_rq_version()  # the installed RQ, which constraints.txt pins
+    with pytest.raises(RuntimeError, match=rf"RQ {version} .* fork of RQ {RQ_SERIES}\.x"):
+        check_rq_version(version)
+
+
+def test_python_m_worker_exits_at_start_naming_the_series_on_another_rq() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import rq, sys; rq.__version__ = '2.13.0'\n"
+        "from worker.cli import main\n"
+        "sys.exit(main(['--pool', 'cpu', '--redis-url', 'redis://127.0.0.1:9']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    assert b"RQ 2.13.0 is installed, but worker/tapeworker.py is a fork of RQ 2.12.x" in done.stderr
+
+
+def test_without_an_installed_runner_a_job_fails_loudly(counted: Redis) -> None:
+    jobs.install_runner(None)
+    enqueue(counted, "no-runner", EXAMPLE_1)
+    make_worker(TapeWorker, counted, "w-no-runner").work(burst=True, logging_level="WARNING")
+    job = Job.fetch("no-runner", connection=counted, serializer=OrjsonSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    result = job.latest_result()
+    assert result is not None and "no runner installed" in (result.exc_string or "")
+
+
+def test_a_job_with_dependents_has_them_enqueued_as_rqs_worker_does(counted: Redis) -> None:
+    queue = Queue(queue_name("cpu"), connection=counted, serializer=OrjsonSerializer)
+    parent = enqueue(counted, "parent", EXAMPLE_1)
+    counted.set(payload_key("child"), orjson.dumps(EXAMPLE_1))
+    child = queue.enqueue_call(JOB_FUNCTION, args=(payload_key("child"),), job_id="child", depends_on=parent)
+    assert child.get_status() == JobStatus.DEFERRED
+    make_worker(TapeWorker, counted, "w-parent").work(burst=True, logging_level="WARNING")
+    assert parent.get_status() == JobStatus.FINISHED
+    # The child was enqueued when its parent finished, and the burst worker ran it too.
+    assert child.get_status() == JobStatus.FINISHED
+    assert orjson.loads(orjson.dumps(child.return_value()))["target"]["value"] == 9.0
+    assert queue.deferred_job_registry.get_job_ids() == []

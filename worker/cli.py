@@ -21,19 +21,18 @@ from tapecore.logs import configure_logging
 from tapecore.protocol import POOL_QUEUES, OrjsonSerializer, queue_name
 from tapecore.redisconn import connect_from_env
 from worker import jobs, metrics
+from worker.reconnect import REDIS_CONNECT_TIMEOUT_S, REDIS_ERRORS, retry_redis
 from worker.runner import DEFAULT_MEMORY_LIMIT_MB, StartupError, TensorFlowProcess
 from worker.tapeworker import (
     BIG_RESULT_BYTES,
     BIG_RESULT_TTL_S,
     JOB_HEARTBEAT_S,
     MAINTENANCE_INTERVAL_S,
-    REDIS_CONNECT_TIMEOUT_S,
-    REDIS_ERRORS,
     RESTART_BACKOFF_S,
     WORKER_TTL_S,
     TapeJob,
     TapeWorker,
-    retry_redis,
+    check_rq_version,
 )
 
 log = logging.getLogger("tapeserve.worker")
@@ -84,12 +83,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def limits_from_env(environ: Any = os.environ) -> Limits:
-    """Read `TAPESERVE_MAX_*` and `TAPESERVE_TIME_LIMIT_S` the way the API does."""
-    prefix = "TAPESERVE_"
-    return Limits.from_mapping({k[len(prefix) :].lower(): v for k, v in environ.items() if k.startswith(prefix)})
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
@@ -102,7 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def work(args: argparse.Namespace) -> int:
     """Run one RQ worker with its TensorFlow process until SIGTERM (or an empty queue in burst)."""
-    limits = limits_from_env()
+    try:
+        check_rq_version()
+    except RuntimeError as exc:
+        log.error("cannot start a %s worker: %s", args.pool, exc)
+        return 2
+    limits = Limits.from_mapping(os.environ, prefix="TAPESERVE_")
     runner = TensorFlowProcess(limits, require_gpu=args.pool == "gpu", memory_limit_mb=args.tf_memory_limit)
     started = time.monotonic()
     try:

@@ -19,10 +19,9 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from tapecore.errors import FieldError, GraphError, InternalError, TapeserveError, TimeLimitExceeded
-from tapecore.limits import DEFAULT_LIMITS
 from tapecore.protocol import BATCH_FUNCTION, JOB_FUNCTION, PROBLEM_META, REQUEST_ID_META
 from worker import metrics
-from worker.runner import InProcessRunner, Runner
+from worker.runner import Runner
 
 log = logging.getLogger("tapeserve.jobs")
 
@@ -30,9 +29,6 @@ TASK_KINDS = {JOB_FUNCTION: "graph", BATCH_FUNCTION: "batch"}  # what each job f
 CHECK_VALUES = False  # the API checked every value of the requests it queues
 
 _runner: Runner | None = None
-# The request of the job about to run, read by the worker with the job itself (TapeJob.fetch);
-# a job run by another worker reads its own.
-_handed_over: dict[str, bytes] = {}
 # The JSON bytes of the last result this process returned: the worker keeps big ones shorter.
 last_result_bytes = 0
 # The job whose problem is in its meta but not yet in Redis (Redis refused it): the worker
@@ -47,10 +43,9 @@ def install_runner(runner: Runner | None) -> None:
 
 
 def current_runner() -> Runner:
-    """Return the installed runner; without one, run in process (tests drive RQ this way)."""
-    global _runner
+    """Return the installed runner; a process without one cannot run jobs."""
     if _runner is None:
-        _runner = InProcessRunner(DEFAULT_LIMITS)
+        raise RuntimeError("no runner installed: call worker.jobs.install_runner first (python -m worker does)")
     return _runner
 
 
@@ -107,31 +102,14 @@ def _run(kind: str, payload_key: str) -> orjson.Fragment:
         )
 
 
-def task_of(job: Job) -> tuple[str, str] | None:
-    """The task kind ("graph" or "batch") and request key of a job of ours (None for any other job)."""
-    kind = TASK_KINDS.get(job.func_name or "")
-    if kind is not None and len(job.args) == 1 and isinstance(job.args[0], str):
-        return kind, job.args[0]
-    return None
-
-
-def hand_over(key: str, payload: bytes) -> None:
-    """Give the next job its request, read by the worker with the job (and deleted with its start)."""
-    _handed_over.clear()
-    _handed_over[key] = payload
-
-
 def _take_payload(job: Job | None, key: str) -> bytes:
-    """Take the stored request (a job runs once): as handed over, or read and deleted in one round trip."""
+    """Take the stored request, reading and deleting it in one round trip (a job runs once)."""
     if job is None:
         raise InternalError([], detail="internal error: no current job")
-    if key in _handed_over:
-        payload = _handed_over.pop(key)
-    else:
-        with job.connection.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.unlink(key)
-            payload, _ = pipe.execute()
+    with job.connection.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.unlink(key)
+        payload, _ = pipe.execute()
     if payload is None:
         raise GraphError(FieldError("", "the request expired before a worker could take it; send it again"))
     return bytes(payload)

@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
@@ -107,7 +106,6 @@ class TensorFlowProcess:
         self._spawned_at = 0.0
         self._lock = threading.Lock()  # `kill` comes from RQ's pubsub thread
         self._stop_requested = False
-        self._early: _Early | None = None  # a task sent by `start_early`, its answer not yet read
         self._over_cap_bytes = 0  # the resident memory at which the watch killed the running task
 
     def start(self) -> None:
@@ -157,51 +155,21 @@ class TensorFlowProcess:
         self._ready = True
         log.info("TensorFlow process %s ready on %s", proc.pid, self.device)
 
-    def start_early(self, kind: str, payload: Any, check_values: bool = True) -> None:
-        """Hand TensorFlow a task now; the `run` of the same payload object then waits for its answer.
-
-        The worker starts a job's task while it writes the job's start to Redis: TensorFlow
-        computes on the other core meanwhile. A task that no `run` collects is waited out
-        (or killed) by `settle_early`, so that no answer is ever read as another task's.
-        """
-        self.settle_early()
-        self.ensure_warm()
-        assert self._conn is not None
-        self._stop_requested = False
-        try:
-            self._conn.send((kind, payload, check_values))
-        except OSError:
-            return  # the process died: `run` sends again, to its replacement
-        self._early = _Early(kind, payload, check_values, time.monotonic())
-
-    def settle_early(self, kill: bool = False) -> None:
-        """Read and drop the answer of a task started early that no `run` collected (or kill it)."""
-        early, self._early = self._early, None
-        if early is not None:
-            self._settle(early, kill)
-
     def run(self, kind: str, payload: Any, check_values: bool = True) -> tuple[bytes, dict[str, Any]]:
         """Run one task (JSON text or parsed); raise the job's problem, a time-out, a crash or a stop.
 
-        Returns the result as JSON text and what the log line says about the task. A task
-        `start_early` sent (the same payload object) is not sent again: its answer is read.
+        Returns the result as JSON text and what the log line says about the task.
         A batch cut short by a time-out, a crash or the memory cap answers with the slots
         that finished, the failing slot's problem, and "not run" for the rest.
         """
-        early, self._early = self._early, None
-        if early is not None and not early.runs(kind, payload, check_values):
-            self._settle(early)
-            early = None
-        if early is None:
-            self.ensure_warm()
-            self._stop_requested = False
+        self.ensure_warm()
+        self._stop_requested = False
         assert self._conn is not None and self._proc is not None
         conn = self._conn
-        started = time.monotonic() if early is None else early.started
+        started = time.monotonic()
         slots: list[bytes] = []
         try:
-            if early is None:
-                conn.send((kind, payload, check_values))
+            conn.send((kind, payload, check_values))
             done, answer, out, info = self._collect(conn, started + self.limits.time_limit_s, slots)
         except (EOFError, OSError):
             done, answer, out, info = True, "died", None, {}
@@ -327,18 +295,6 @@ class TensorFlowProcess:
                 next_beat = time.monotonic() + WAIT_SLICE_S
                 self._waiting()
 
-    def _settle(self, early: _Early, kill: bool = False) -> None:
-        """Wait for an uncollected early task's answer and drop it; kill the process instead if told to or late."""
-        if not kill and self._conn is not None:
-            try:
-                done, _, _, _ = self._collect(self._conn, early.started + self.limits.time_limit_s, [])
-                if done and not self._over_cap_bytes:
-                    return
-            except (EOFError, OSError):
-                pass
-        self._over_cap_bytes = 0
-        self._replace("a task started early was not run")
-
     def _waiting(self) -> None:
         if self.on_wait is not None:
             self.on_wait()
@@ -370,7 +326,6 @@ class TensorFlowProcess:
                 self._conn.close()
             self._proc = self._conn = None
             self._ready = False
-            self._early = None
 
     def _replace(self, why: str) -> None:
         """Kill the process and spawn its replacement, without waiting for it to warm up."""
@@ -379,19 +334,6 @@ class TensorFlowProcess:
         metrics.TF_RESTARTS.labels(why.split(":")[0]).inc()
         log.warning("restarting the TensorFlow process (%s)", why)
         self._spawn()
-
-
-@dataclass(frozen=True)
-class _Early:
-    """A task sent ahead of its `run`: what was sent, and when (its time limit counts from then)."""
-
-    kind: str
-    payload: Any
-    check_values: bool
-    started: float
-
-    def runs(self, kind: str, payload: Any, check_values: bool) -> bool:
-        return self.kind == kind and self.payload is payload and self.check_values == check_values
 
 
 def _resident_bytes(statm: str) -> int:

@@ -1,9 +1,26 @@
-"""The RQ worker: runs tapeserve's jobs in its warm TensorFlow process, lean on Redis round trips.
+"""The worker: RQ's SimpleWorker, lean on Redis round trips, outliving its TF process and Redis restarts.
 
 RQ's own worker is built for long jobs, where a dozen Redis round trips of bookkeeping per
 job do not matter. Here a job often takes a millisecond, so the bookkeeping is the job: the
 worker below keeps RQ's data model (statuses, registries, executions, results, heartbeats;
-rq-dashboard and the API read them as RQ writes them) but writes it in fewer round trips.
+rq-dashboard, `rq info` and the API read them as RQ writes them) but writes it in fewer round
+trips (docs/performance.md has the count).
+
+This is a fork of parts of `rq.worker.SimpleWorker` / `BaseWorker` for the RQ series
+RQ_SERIES, checked when a worker is made (`check_rq_version`). It overrides RQ's public
+hooks (`execute_job`, `prepare_execution`, `prepare_job_execution`, `handle_execution_ended`,
+`handle_job_success`, `handle_job_failure`, `heartbeat`, ...) and calls these internals:
+
+- `Job._handle_success(result_ttl, pipeline=, worker_name=, execution_id=, execution_started_at=,
+  execution_ended_at=)`: writes the job's status and result; its signature changed three
+  times within RQ 2.x, which is why the series is pinned.
+- `Worker._stop_requested`, `Worker._state`: whether SIGTERM came, and the state last written.
+- `Execution.create(job, ttl, pipeline=, worker_name=)`: RQ's execution records, queued on
+  the start transaction.
+
+The job (`TapeJob`, worker/tapejob.py), the MULTI/EXEC the start and the outcome are written
+in (worker/transaction.py) and the reconnect policy (worker/reconnect.py) have modules of
+their own.
 """
 
 from __future__ import annotations
@@ -16,20 +33,24 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
-from redis import Redis
+import rq
 from redis.client import Pipeline
-from redis.exceptions import ResponseError
 from rq import Queue, SimpleWorker, worker_registration
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
-from rq.job import Job, JobStatus, _job_stack
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from tapecore.protocol import PROBLEM_META, payload_key
+from tapecore.errors import problem_type
+from tapecore.protocol import PROBLEM_META
 from worker import jobs
+from worker.reconnect import PRESSURE, REDIS_ERRORS, REDIS_RETRY_MAX_S, retry_redis, rewrite
 from worker.runner import WAIT_SLICE_S, TensorFlowProcess
+from worker.tapejob import TapeJob
+from worker.transaction import SentTransaction, send_transaction
+
+__all__ = ["TapeJob", "TapeWorker", "check_rq_version"]
 
 log = logging.getLogger("tapeserve.worker")
 
@@ -50,35 +71,36 @@ MAINTENANCE_INTERVAL_S = 3  # how often a worker moves abandoned (expired) jobs 
 # ends (at most the time limit later); if none survives, when a worker of that pool starts.
 LOST_JOB_BOUND_S = JOB_HEARTBEAT_TTL_S + MAINTENANCE_INTERVAL_S + 1
 RESTART_BACKOFF_S = 2.0  # between restarts of a worker process that exited by itself
-REDIS_RETRY_FIRST_S = 0.5  # first wait after Redis stops answering; doubled on each failure
-REDIS_RETRY_MAX_S = 5.0  # ...up to this: a restarted Redis is found again within ~5 s
-REDIS_CONNECT_TIMEOUT_S = 2.0  # Redis answers a connect in milliseconds; no answer means it is away
-# RQ refreshes the worker's key three times per job and checks for `rq suspend` before each:
-# four round trips a job, where once a second keeps the key (WORKER_TTL_S) just as alive and
-# a suspension is noticed within the second.
+# RQ refreshes the worker's key several times per job and checks for `rq suspend` before each
+# (docs/performance.md counts them), where once a second keeps the key (WORKER_TTL_S) just as
+# alive and a suspension is noticed within the second.
 HEARTBEAT_MIN_S = 1.0
 SUSPENSION_CHECK_S = 1.0
 
-# What a lost connection to Redis raises; redis-py has already retried the command by then.
-# LOADING (a restarted Redis reading its data back) is a ConnectionError to redis-py.
-LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# What a Redis that answers but takes no writes raises: full at maxmemory with noeviction
-# (OOM), or a replica during a failover (READONLY). Waited out like a lost connection.
-PRESSURE = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
-REDIS_ERRORS = (*LOST, *PRESSURE)
-# A job's outcome is written again after these: the Redis that answers them still has the job.
-REWRITE = (redis.exceptions.BusyLoadingError, *PRESSURE)
 # A result over BIG_RESULT_BYTES of JSON is kept BIG_RESULT_TTL_S, not the API's result TTL
 # (an hour): a few clients fetching big results must not fill Redis for everyone.
 BIG_RESULT_BYTES = 4 * 1024 * 1024  # 4 MiB: a 500x500 float32 gradient is ~2.5 MB of JSON
 BIG_RESULT_TTL_S = 300  # 5 minutes: a client that polls finds it; one that waits gets it at once
 STORE_FULL_PROBLEM = {
-    "type": "https://tapeserve.dev/problems/result-not-stored",
+    "type": problem_type("result-not-stored"),
     "title": "The result could not be stored",
     "status": 503,
     "detail": "the result could not be stored: the job store is full; send the request again later",
     "errors": [{"path": "", "message": "Redis refused the result (maxmemory): the job store is full"}],
 }
+
+
+RQ_SERIES = "2.12"  # the RQ series this fork is written against (pyproject.toml pins it)
+
+
+def check_rq_version(version: str | None = None) -> None:
+    """Refuse to run on an RQ outside RQ_SERIES (default: the installed one): the fork calls its internals."""
+    version = version or rq.__version__
+    if version.split(".")[:2] != RQ_SERIES.split("."):
+        raise RuntimeError(
+            f"RQ {version} is installed, but worker/tapeworker.py is a fork of RQ {RQ_SERIES}.x "
+            f"(it calls Job._handle_success, Job._execute, _job_stack): install rq>={RQ_SERIES},<2.13"
+        )
 
 
 class ResultNotStored(Exception):
@@ -106,6 +128,7 @@ class TapeWorker(SimpleWorker):
         big_result_ttl_s: int = BIG_RESULT_TTL_S,
         **kwargs: Any,
     ):
+        check_rq_version()
         super().__init__(*args, **kwargs)
         self.runner = runner
         self.big_result_bytes = big_result_bytes
@@ -134,44 +157,18 @@ class TapeWorker(SimpleWorker):
             self.runner.kill()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run the job; then, before the next one, have a warm TF process (after a crash, say).
-
-        A job of ours came with its request (TapeJob.fetch): TensorFlow gets it before RQ's
-        records of the job's start are written, and computes while they are (docs/performance.md
-        has what that saves).
-        """
+        """Run the job; then, before the next one, have a warm TF process (after a crash, say)."""
         self._running_job = job
-        self._start_early(job)
         try:
             super().execute_job(job, queue)
         except REDIS_ERRORS as exc:
             log.error("job %s: Redis went away before its outcome was recorded", job.id)
             self.wait_for_redis(exc)
-        except BaseException:
-            if self.runner is not None:
-                self.runner.settle_early(kill=True)  # stopping now: not waiting for a task no job reads
-            raise
         finally:
             self._running_job = None
             self._settle_prepared()
-        if self.runner is not None:
-            self.runner.settle_early()  # a job that failed before its function ran left its task
-            if not self._stop_requested:
-                self.runner.ensure_warm()
-
-    def _start_early(self, job: Job) -> None:
-        """Hand TensorFlow the request this job came with; its function reads the answer."""
-        task = self._fetched_task(job)
-        if self.runner is not None and task is not None:
-            self.runner.start_early(task[0], task[1], jobs.CHECK_VALUES)
-
-    @staticmethod
-    def _fetched_task(job: Job) -> tuple[str, bytes] | None:
-        """The kind and request of a job of ours that came with the request its function reads."""
-        task = jobs.task_of(job)
-        if isinstance(job, TapeJob) and job.fetched_payload and task is not None and task[1] == payload_key(job.id):
-            return task[0], job.fetched_payload
-        return None
+        if self.runner is not None and not self._stop_requested:
+            self.runner.ensure_warm()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """Refresh this worker's registration for WORKER_TTL_S (RQ would add 60 s), in one round trip."""
@@ -190,9 +187,9 @@ class TapeWorker(SimpleWorker):
             self._register_again()
 
     # The lean path of a job: the same keys, fields and registries as RQ's own worker writes,
-    # in three round trips after the dequeue (the fetch, with the job's request; the start,
-    # sent while TensorFlow runs; the outcome) where RQ's worker sends sixteen (counted with
-    # redis-cli MONITOR on the contract's example 3; tests/test_tapeworker.py holds both).
+    # in fewer round trips (the start is one transaction, its replies read after the job ran;
+    # the outcome is one more). docs/performance.md has the count, for RQ's worker too;
+    # tests/test_tapeworker.py holds both.
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         """Write the worker's state, unless it is already what Redis holds (RQ writes `idle` twice a job)."""
@@ -212,10 +209,9 @@ class TapeWorker(SimpleWorker):
         """Mark the job started and persist its key in one transaction, its replies read after the job.
 
         RQ sends the execution, the start and Job.perform's PERSIST in three round trips before
-        the job runs. Nothing here is needed to run the job (a job of ours came with its
-        request: TapeJob.fetch), so the transaction is written now and its replies are read
-        when the job has run (`_await_prepared`), before its outcome is written: Redis sees
-        RQ's order.
+        the job runs. Nothing here is needed to run the job, so the transaction is written now
+        and its replies are read when the job has run (`_await_prepared`), before its outcome
+        is written: Redis sees RQ's order.
         """
         pipe, self._preparing = self._preparing or self.connection.pipeline(), None
         self.set_current_job_id(job.id, pipeline=pipe)
@@ -229,13 +225,8 @@ class TapeWorker(SimpleWorker):
         pipe.persist(job.key)
         if isinstance(job, TapeJob):
             job.persisted = True
-            task = self._fetched_task(job)
-            if task is not None:
-                pipe.unlink(payload_key(job.id))  # a job runs once
-                jobs.hand_over(payload_key(job.id), task[1])
-                job.fetched_payload = None
         with pipe:
-            self._prepared = SentTransaction(self.connection, [args for args, _ in pipe.command_stack])
+            self._prepared = send_transaction(self.connection, pipe)
 
     def _await_prepared(self) -> None:
         """Read the running job's start replies; raise its error, if any."""
@@ -290,26 +281,16 @@ class TapeWorker(SimpleWorker):
         is written once it takes writes again. Stops waiting only when the worker is told to
         stop; RQ then finds the job abandoned, as for a lost worker.
         """
-        delay = REDIS_RETRY_FIRST_S
-        while True:
-            try:
-                record()
-                return
-            except REWRITE as exc:
-                if self._stop_requested:
-                    raise
-                log.warning(
-                    "job %s: outcome not recorded (%s: %s); again in %.1f s", job.id, type(exc).__name__, exc, delay
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, REDIS_RETRY_MAX_S)
+        rewrite(record, lambda: self._stop_requested, f"job {job.id}: outcome")
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
-        """Record the result, as RQ does, in one transaction.
+        """Record the result, as RQ does, in one transaction; then enqueue the job's dependents, if any.
 
-        RQ first WATCHes and reads the job's dependents (two round trips) to enqueue them;
-        tapeserve's jobs have none (the API, the only producer on these queues, never
-        enqueues with depends_on). A repeating job takes RQ's own path.
+        RQ first WATCHes and reads the job's dependents (two round trips) to enqueue them in the
+        same transaction. The API never enqueues with depends_on, so the transaction only asks
+        whether the job has dependents; one that has gets them enqueued by RQ's own
+        `enqueue_dependents` (a dependent added later sees the job finished and is enqueued at
+        once). A repeating job takes RQ's own path.
         """
         if job.repeats_left is not None:
             super().handle_job_success(job, queue, started_job_registry)
@@ -320,15 +301,20 @@ class TapeWorker(SimpleWorker):
             result_ttl = self.big_result_ttl_s if result_ttl < 0 else min(result_ttl, self.big_result_ttl_s)
         execution = self.execution  # RQ's cleanup forgets it before the transaction is sent
 
+        has_dependents = False
+
         def record() -> None:
+            nonlocal has_dependents
             self.execution = execution
-            self._record_success(job, result_ttl)
+            has_dependents = self._record_success(job, result_ttl)
 
         try:
             self._write_outcome(job, lambda: self._unless_full(job, record))
         except ResultNotStored:
             self.execution = execution
             raise
+        if has_dependents:
+            queue.enqueue_dependents(job)
 
     def _unless_full(self, job: Job, record: Callable[[], None]) -> None:
         """Run `record`; if Redis is full, keep the job's problem and raise ResultNotStored.
@@ -343,7 +329,8 @@ class TapeWorker(SimpleWorker):
             jobs.mark_unsaved_problem(job.id)
             raise ResultNotStored(STORE_FULL_PROBLEM["detail"]) from exc
 
-    def _record_success(self, job: Job, result_ttl: int) -> None:
+    def _record_success(self, job: Job, result_ttl: int) -> bool:
+        """Write the job's success in one transaction; say whether the job has dependents."""
         assert job.started_at is not None and job.ended_at is not None
         with self.connection.pipeline() as pipe:
             job.heartbeat(job.ended_at, 0, pipeline=pipe)  # what handle_execution_ended sends alone
@@ -361,10 +348,8 @@ class TapeWorker(SimpleWorker):
             job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipe)
             self.set_state(WorkerStatus.IDLE, pipeline=pipe)  # SimpleWorker would send it alone next
-            # Sent as redis-py's transaction would be, but an error reply is raised as it is:
-            # redis-py annotates it with the failed command's text, squeezed by textwrap,
-            # which takes seconds for a result of tens of MB (a full Redis refuses it so).
-            SentTransaction(self.connection, [args for args, _ in pipe.command_stack]).result()
+            pipe.exists(job.dependents_key)  # last: read after the job is recorded finished
+            return bool(send_transaction(self.connection, pipe).result()[-1])
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         while True:  # Redis may have gone since `work` saw it
@@ -442,105 +427,3 @@ class TapeWorker(SimpleWorker):
                 self._register_again()
         except REDIS_ERRORS as exc:  # the job goes on; its outcome is recorded if Redis is back by then
             log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
-
-
-def retry_redis(attempt: Callable[[], Any], exc: Exception, stopping: Callable[[], bool] = lambda: False) -> None:
-    """Log `exc`, then retry `attempt` with backoff until it gets through to Redis (or `stopping()`)."""
-    delay = REDIS_RETRY_FIRST_S
-    retry = 1
-    while not stopping():
-        state = "full or read-only" if isinstance(exc, PRESSURE) else "unreachable"
-        log.warning("Redis %s (%s: %s); retry %d in %.1f s", state, type(exc).__name__, exc, retry, delay)
-        time.sleep(delay)
-        try:
-            attempt()
-        except REDIS_ERRORS as again:
-            exc, retry, delay = again, retry + 1, min(delay * 2, REDIS_RETRY_MAX_S)
-            continue
-        log.warning("Redis reachable again after %d retries", retry)
-        return
-
-
-class TapeJob(Job):
-    """An RQ job whose key the worker made persistent in its preparation transaction.
-
-    RQ's `Job.perform` sends PERSIST in a round trip of its own before running the function.
-    """
-
-    persisted = False
-    fetched_payload: bytes | None = None
-
-    @classmethod
-    def fetch(cls, id: str, connection: Redis | None = None, serializer: Any = None) -> TapeJob:
-        """Read the job and, in the same round trip, the request it runs on (if it is one of ours).
-
-        The worker fetches a job to run it; its request is what it needs next.
-        """
-        job = cls(id, connection=connection, serializer=serializer)
-        with job.connection.pipeline(transaction=False) as pipe:
-            pipe.hgetall(job.key)
-            pipe.get(payload_key(job.id))
-            data, payload = pipe.execute()
-        if not data:
-            raise NoSuchJobError(f"No such job: {job.key}")
-        job.restore(data)
-        job.fetched_payload = payload
-        return job
-
-    def perform(self) -> Any:
-        if not self.persisted:
-            return super().perform()
-        _job_stack.push(self)  # what get_current_job() reads, as in RQ's perform
-        try:
-            self._result = self._execute()
-        finally:
-            _job_stack.pop()
-        return self._result
-
-
-class SentTransaction:
-    """A MULTI/EXEC transaction written to Redis now, its replies read later.
-
-    The worker writes a job's start and, without waiting, hands the job to TensorFlow; Redis
-    executes the transaction meanwhile and the replies wait in the socket. A helper thread
-    sending it would do the same, but its Python work took the GIL and a core from the job
-    (per-stage timings in burst mode: the start's 0.35 ms came back as TF's stage growing
-    0.29 ms). redis-py's pipeline cannot split sending from reading, so this speaks to one
-    pooled connection as redis-py's own transaction does.
-    """
-
-    def __init__(self, redis: Redis, commands: list[tuple[Any, ...]]):
-        self.pool = redis.connection_pool
-        self.count = len(commands)
-        self.conn = self.pool.get_connection()
-        try:
-            self.conn.send_packed_command(self.conn.pack_commands([("MULTI",), *commands, ("EXEC",)]))
-        except BaseException:
-            self._drop()
-            raise
-
-    def result(self) -> list[Any]:
-        """Read every reply (MULTI's, one per command, EXEC's); raise the first error among them."""
-        replies: list[Any] = []
-        try:
-            for _ in range(self.count + 2):
-                try:
-                    replies.append(self.conn.read_response())
-                except ResponseError as exc:  # an error reply: read the rest before raising
-                    replies.append(exc)
-        except BaseException:
-            self._drop()
-            raise
-        self.pool.release(self.conn)
-        done = replies[-1]
-        errors = [r for r in (*replies[:-1], *(done if isinstance(done, list) else [])) if isinstance(r, Exception)]
-        if errors:
-            raise errors[0]
-        if done is None:
-            raise ResponseError("the job's start transaction was aborted")
-        return list(done)
-
-    def _drop(self) -> None:
-        """Close the connection (replies may be left unread on it) and give it back to the pool."""
-        self.conn.disconnect()
-        self.pool.release(self.conn)
