@@ -139,6 +139,12 @@ def parse_batch(doc: Any) -> tuple[list[Any], str]:
         errors.add("/graphs", "is required: a non-empty list of graphs")
     elif not isinstance(graphs, list) or not graphs:
         errors.add("/graphs", f"must be a non-empty list of graphs, not {short_repr(graphs)}")
+    else:
+        # Any other item that is not a graph gets its problem in its slot; null sinks the batch,
+        # as the contract says.
+        for i, graph in enumerate(graphs):
+            if graph is None:
+                errors.add(pointer("graphs", i), "must be a graph (an object), not null")
     device = _choice(doc, "device", DEVICES, "any", errors)
     errors.raise_if_any()
     return graphs if isinstance(graphs, list) else [], device

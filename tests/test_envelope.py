@@ -42,6 +42,8 @@ def test_the_batch_envelope_is_checked_with_pointers(client: Any) -> None:
         "/device": "must be one of any, cpu, gpu, not 'tpu'",
     }
     assert errors_of(client.post("/v1/batches", json={}))["/graphs"] == "is required: a non-empty list of graphs"
+    nulls = errors_of(client.post("/v1/batches", json={"graphs": [{}, None, 3, None]}))
+    assert nulls == {p: "must be a graph (an object), not null" for p in ("/graphs/1", "/graphs/3")}
     assert errors_of(client.post("/v1/batches", json=[EXAMPLE_1]))[""] == "the request must be a JSON object"
 
 
