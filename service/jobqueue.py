@@ -17,6 +17,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.worker_registration import clean_worker_registry
 
+from tapecore.errors import problem_type
 from tapecore.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
 
 SUCCESSFUL = str(Result.Type.SUCCESSFUL.value).encode()
@@ -37,14 +38,14 @@ STATUS = {
     JobStatus.CANCELED: "canceled",
 }
 LOST_PROBLEM = {
-    "type": "https://tapeserve.dev/problems/worker-lost",
+    "type": problem_type("worker-lost"),
     "title": "The worker running this job was lost",
     "status": 422,
     "detail": "the job did not finish: its worker stopped (killed, or its host lost) while running it",
     "errors": [],
 }
 CANCELED_PROBLEM = {
-    "type": "https://tapeserve.dev/problems/job-canceled",
+    "type": problem_type("job-canceled"),
     "title": "The job was canceled",
     "status": 409,
     "detail": "the job was canceled before it finished",
