@@ -1,11 +1,13 @@
-"""Jobs on RQ: enqueue by dotted path, wait on the result stream, read, cancel, delete."""
+"""The API's RQ adapter: enqueue by dotted path, wait for and read a job's outcome, cancel, delete.
+
+A job's outcome is read through RQ's public `Result` API only (`Result.restore`,
+`Result.fetch_latest`), with a serializer that keeps the worker's JSON unparsed.
+"""
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,40 +19,28 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.worker_registration import clean_worker_registry
 
-from tapecore.errors import problem_type
-from tapecore.protocol import DEVICES, POOLS, PROBLEM_META, OrjsonSerializer, payload_key, queue_name
+from tapecore.protocol import DEVICES, POOLS, OrjsonSerializer, payload_key, queue_name
 
-SUCCESSFUL = str(Result.Type.SUCCESSFUL.value).encode()
 # A pool without a worker is counted again after this long, not after worker_check_s: a worker
 # that has just started is served at once (a few Redis reads at most ten times a second).
 NO_WORKER_RECHECK_S = 0.1
 PAYLOAD_MARGIN_S = 60  # a stored request outlives its job's queue TTL and time limit by this
 
-# RQ's statuses, as the contract names them.
-STATUS = {
-    JobStatus.QUEUED: "queued",
-    JobStatus.DEFERRED: "queued",
-    JobStatus.SCHEDULED: "queued",
-    JobStatus.STARTED: "started",
-    JobStatus.FINISHED: "finished",
-    JobStatus.FAILED: "failed",
-    JobStatus.STOPPED: "canceled",
-    JobStatus.CANCELED: "canceled",
-}
-LOST_PROBLEM = {
-    "type": problem_type("worker-lost"),
-    "title": "The worker running this job was lost",
-    "status": 422,
-    "detail": "the job did not finish: its worker stopped (killed, or its host lost) while running it",
-    "errors": [],
-}
-CANCELED_PROBLEM = {
-    "type": problem_type("job-canceled"),
-    "title": "The job was canceled",
-    "status": 409,
-    "detail": "the job was canceled before it finished",
-    "errors": [],
-}
+
+class ResultJSON:
+    """An RQ serializer that reads a result as the worker's JSON, unparsed, to be spliced into an answer.
+
+    RQ's own (OrjsonSerializer) would parse a 1M-float result and the answer write it again:
+    ~190 ms on this machine. A result is only read, never written, through this one.
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        raise TypeError("ResultJSON only reads results")
+
+    @staticmethod
+    def loads(data: bytes | str) -> orjson.Fragment:
+        return orjson.Fragment(data)
 
 
 class JobQueue:
@@ -125,62 +115,24 @@ class JobQueue:
         except NoSuchJobError:
             return None
 
-    def wait(self, job_id: str, timeout_s: float) -> dict[bytes, bytes] | None:
-        """Block on the job's result stream (XREAD) for up to `timeout_s`; return its entry, if any."""
+    def wait(self, job_id: str, timeout_s: float) -> Result | None:
+        """Block until the job has an outcome, for up to `timeout_s`; return it, if any.
+
+        RQ's `Result.fetch_latest(timeout=)` waits in whole seconds; this waits as RQ does
+        (XREAD on the job's results), to the millisecond.
+        """
         if timeout_s <= 0:
             return None
         block_ms = max(1, int(timeout_s * 1000))
         answer: Any = self.connection.xread({Result.get_key(job_id): "0-0"}, count=1, block=block_ms)
-        if not answer:
+        if not answer or not answer[0][1]:
             return None
-        entries = answer[0][1]
-        return dict(entries[-1][1]) if entries else None
+        result_id, fields = answer[0][1][-1]
+        return Result.restore(job_id, result_id.decode(), fields, connection=self.connection, serializer=ResultJSON)
 
-    def finished_document(self, job: Job, entry: dict[bytes, bytes]) -> dict[str, Any] | None:
-        """The document of a job that just succeeded, from its result entry alone (no more reads)."""
-        if entry.get(b"type") != SUCCESSFUL or b"return_value" not in entry:
-            return None
-        doc: dict[str, Any] = {"id": job.id, "status": "finished"}
-        if job.created_at is not None:
-            doc["created_at"] = iso(job.created_at)
-        for key, field in (("started_at", b"execution_started_at"), ("ended_at", b"execution_ended_at")):
-            if field in entry:
-                doc[key] = iso(datetime.fromtimestamp(float(entry[field]), UTC))
-        doc["result"] = orjson.Fragment(base64.b64decode(entry[b"return_value"]))
-        return doc
-
-    def document(self, job: Job) -> dict[str, Any]:
-        """The job as the API shows it: id, status, and result or error."""
-        status = STATUS.get(job.get_status(refresh=False) or JobStatus.QUEUED, "queued")
-        doc: dict[str, Any] = {"id": job.id, "status": status}
-        for key, value in (
-            ("created_at", job.created_at),
-            ("started_at", job.started_at),
-            ("ended_at", job.ended_at),
-        ):
-            if value is not None:
-                doc[key] = iso(value)
-        if status == "finished":
-            doc["result"] = self.raw_result(job.id)
-        elif status == "failed":
-            doc["error"] = job.meta.get(PROBLEM_META) or LOST_PROBLEM
-        elif status == "canceled":
-            doc["error"] = CANCELED_PROBLEM
-        return doc
-
-    def raw_result(self, job_id: str) -> orjson.Fragment | None:
-        """Return the job's result as the JSON the worker wrote, to be spliced into the answer.
-
-        Reading the stream entry directly (not RQ's Result, which parses it) keeps a 1M-float
-        result from being parsed and written again here: ~190 ms saved on this machine.
-        """
-        entries = self.connection.xrevrange(Result.get_key(job_id), "+", "-", count=1)
-        if not entries:
-            return None
-        fields = entries[0][1] or {}
-        if fields.get(b"type") != SUCCESSFUL or b"return_value" not in fields:
-            return None
-        return orjson.Fragment(base64.b64decode(fields[b"return_value"]))  # type: ignore[arg-type]
+    def latest_result(self, job: Job) -> Result | None:
+        """The job's latest outcome (its value the worker's JSON, unparsed), if it has one."""
+        return Result.fetch_latest(job, serializer=ResultJSON)
 
     def cancel(self, job: Job) -> None:
         """Cancel a queued job, stop a running one, delete a finished one."""
@@ -195,10 +147,3 @@ class JobQueue:
             self.connection.unlink(payload_key(job.id))
         else:
             job.delete()
-
-
-def iso(moment: datetime) -> str:
-    """Write a moment as RFC 3339 in UTC with a Z."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat().replace("+00:00", "Z")

@@ -277,3 +277,32 @@ def test_a_job_with_dependents_has_them_enqueued_as_rqs_worker_does(counted: Red
     assert child.get_status() == JobStatus.FINISHED
     assert orjson.loads(orjson.dumps(child.return_value()))["target"]["value"] == 9.0
     assert queue.deferred_job_registry.get_job_ids() == []
+
+
+def test_the_api_reads_a_jobs_outcome_through_rqs_result_api_unparsed(counted: Redis) -> None:
+    from rq.results import Result
+
+    from service.jobqueue import JobQueue
+    from service.jobview import finished_document, job_document
+
+    api = JobQueue(counted, result_ttl=600, failure_ttl=600, queued_ttl=60, job_timeout=30, worker_check_s=1)
+    ok = api.enqueue(JOB_FUNCTION, orjson.dumps(EXAMPLE_1), device="cpu", meta={})
+    bad = api.enqueue(JOB_FUNCTION, orjson.dumps({**EXAMPLE_1, "sources": ["nope"]}), device="cpu", meta={})
+    assert api.wait(ok.id, 0.05) is None  # no outcome yet: the wait ran out
+    make_worker(TapeWorker, counted, "w-api").work(burst=True, logging_level="WARNING")
+
+    outcome = api.wait(ok.id, 1)
+    assert isinstance(outcome, Result) and outcome.type == Result.Type.SUCCESSFUL
+    assert isinstance(outcome.return_value, orjson.Fragment)  # the worker's JSON, spliced as it is
+    doc = finished_document(ok, outcome)
+    assert doc is not None and orjson.loads(orjson.dumps(doc["result"]))["gradients"]["x"]["value"] == 6.0
+    assert set(doc) == {"id", "status", "created_at", "started_at", "ended_at", "result"}
+    done = api.fetch(ok.id)
+    assert done is not None and orjson.dumps(job_document(done, api)["result"]) == orjson.dumps(doc["result"])
+
+    failed = api.wait(bad.id, 1)
+    assert failed is not None and failed.type == Result.Type.FAILED and finished_document(bad, failed) is None
+    refused = api.fetch(bad.id)
+    assert refused is not None
+    shown = job_document(refused, api)
+    assert shown["status"] == "failed" and shown["error"]["errors"][0]["path"] == "/sources/0"

@@ -17,7 +17,7 @@ from tapecore.request import parse_batch
 from tapecore.tensors import TensorSpec, packed
 
 from ..body import read_json
-from ..jobqueue import iso
+from ..jobview import finished_document, iso, job_document
 from ..prefer import Preferences, parse_prefer
 from ..problems import problem_from_document, problem_response
 from ..state import services
@@ -115,17 +115,17 @@ def answer(queued: Job, prefs: Preferences, default_wait: float) -> ResponseRetu
     headers = {"Location": location}
     if applied:
         headers["Preference-Applied"] = ", ".join(applied)
-    entry = svc.jobs.wait(queued.id, wait)
-    if entry is None:
+    outcome = svc.jobs.wait(queued.id, wait)
+    if outcome is None:
         # Not ended within the wait: say so from what enqueueing returned, without a read.
         return {"id": queued.id, "status": "queued", "created_at": _created(queued)}, 202, headers
-    finished = svc.jobs.finished_document(queued, entry)
+    finished = finished_document(queued, outcome)
     if finished is not None:
         return finished, 200, headers
     job = svc.jobs.fetch(queued.id)
     if job is None:  # deleted by another request meanwhile
         return problem_response(404, "not-found", "Not Found", f"job {queued.id} no longer exists")
-    doc = svc.jobs.document(job)
+    doc = job_document(job, svc.jobs)
     if doc["status"] in ("failed", "canceled"):
         problem = dict(doc["error"])
         problem["job_id"] = queued.id

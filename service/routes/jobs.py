@@ -11,6 +11,7 @@ from werkzeug.exceptions import NotFound
 
 from tapecore.protocol import OWNER_META
 
+from ..jobview import job_document, status_of
 from ..prefer import parse_prefer
 from ..state import services
 
@@ -37,9 +38,9 @@ def get_job(job_id: str) -> ResponseReturnValue:
     if prefs.wait is not None:
         wait = min(prefs.wait, float(current_app.config["MAX_WAIT_S"]))
         headers["Preference-Applied"] = f"wait={wait:g}"
-        if svc.jobs.document(job)["status"] in ("queued", "started") and svc.jobs.wait(job_id, wait):
+        if status_of(job) in ("queued", "started") and svc.jobs.wait(job_id, wait):
             job = owned_job(job_id)
-    return svc.jobs.document(job), 200, headers
+    return job_document(job, svc.jobs), 200, headers
 
 
 @bp.delete("/v1/jobs/<job_id>")
