@@ -1,10 +1,11 @@
 """Gunicorn settings for the API (`gunicorn -c gunicorn.conf.py "service:create_app()"`).
 
-gevent, not threads: a request may wait (long-poll, up to MAX_WAIT_S) on Redis for its result,
-and a waiting greenlet costs a few KiB where a thread is one of a fixed few. With 2 processes
-x 16 threads, 48 long-polls kept `/healthz` waiting 57 s; with gevent it answers as when idle
-(docs/scaling.md). Slow clients are nginx's to absorb: `make run` and compose put it in front.
-Each process keeps one Redis connection per waiting request.
+Threads, many of them: a request may wait (long-poll, up to MAX_WAIT_S) on Redis for its
+result, and a waiting thread costs little while the job runs on a worker elsewhere. The API
+parks at most TAPESERVE_MAX_WAITING_REQUESTS waits per process (fewer than the threads), so
+long-polls never take every thread; slow clients are nginx's to absorb (`make run` and compose
+put it in front). gevent held the long-polls as well, at half the throughput of threads at 16
+clients (docs/scaling.md).
 """
 
 import http
@@ -13,14 +14,15 @@ import os
 
 import gunicorn
 from gunicorn import util
-from gunicorn.workers.ggevent import GeventWorker
+from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.http import HTTP_STATUS_CODES
 
 from tapecore.errors import problem_type
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # one per core on the 2-core reference host
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # requests at once, per process
+threads = int(os.environ.get("GUNICORN_THREADS", "64"))  # requests served at once, per process
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # open connections, per process
 timeout = 120  # > the longest wait a client may ask for (MAX_WAIT_S, 60 s) plus slack
 graceful_timeout = 30
 keepalive = 5
@@ -62,8 +64,8 @@ def write_problem(sock, status_int: int, reason: str, mesg: str) -> None:  # typ
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-class ProblemGeventWorker(GeventWorker):  # type: ignore[misc]
-    """gunicorn's gevent worker, whose own error answers are problem documents."""
+class ProblemThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's threaded worker, whose own error answers are problem documents."""
 
     def init_process(self) -> None:
         if not gunicorn.__version__.startswith(SUPPORTED_GUNICORN):
@@ -72,7 +74,7 @@ class ProblemGeventWorker(GeventWorker):  # type: ignore[misc]
         super().init_process()
 
 
-worker_class = ProblemGeventWorker
+worker_class = ProblemThreadWorker
 
 # prometheus-client's multiprocess mode: every gunicorn worker writes its metrics to files in
 # one directory, which /metrics adds up. The directory must exist, empty, before they start.

@@ -26,6 +26,7 @@ from .ratelimit import address_limit, install_rate_limit
 from .responses import OrjsonProvider
 from .routes import docs, gradients, health, jobs, ops, problem_pages
 from .state import Services
+from .waiting import WaitSlots
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REDIS_TIMEOUT_S = 5.0  # a Redis call that takes longer than this fails (and becomes a 503)
@@ -73,6 +74,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         registry=REGISTRY,
         pools=tuple(p.strip() for p in str(app.config["POOLS"]).split(",") if p.strip()),
         body_budget=BodyBudget(inflight_body_bytes(app.config, limits)),
+        waits=WaitSlots(int(app.config["MAX_WAITING_REQUESTS"])),
     )
 
     @app.before_request

@@ -27,9 +27,12 @@ DEFAULTS: dict[str, Any] = {
     # per client address, counted before the key is checked; None: DEFAULT_ADDRESS_RATE_LIMIT
     # when API keys are on, off without them; "" turns it off
     "ADDRESS_RATE_LIMIT": None,
-    # Redis connections per API process: each waiting request (long-poll) holds one, so this
-    # must exceed gunicorn's worker_connections (1000); redis-py's default of 100 does not
+    # Redis connections per API process: each request in flight may hold one, so this must
+    # exceed gunicorn's threads (64); redis-py's default of 100 leaves little room above that
     "REDIS_MAX_CONNECTIONS": 1_100,
+    # requests of one API process parked waiting for a job; past it a wait is declined (the
+    # answer comes at once). Below gunicorn's threads (64), so some are always free
+    "MAX_WAITING_REQUESTS": 48,
     "PROXY_HOPS": 0,  # trusted proxies in front that set X-Forwarded-For (nginx: 1); 0 trusts none
     "LOG_FORMAT": "text",
     # bytes of request bodies one API process holds at once; None: max_body_bytes and a quarter

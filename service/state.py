@@ -12,6 +12,7 @@ from tapecore.registry import Registry
 
 from .inflight import BodyBudget
 from .jobqueue import JobQueue
+from .waiting import WaitSlots
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Services:
     registry: Registry
     pools: tuple[str, ...]
     body_budget: BodyBudget
+    waits: WaitSlots
 
 
 def services() -> Services:

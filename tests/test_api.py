@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.examples import EXAMPLE_1, EXAMPLE_2, EXAMPLE_3
 
 PROBLEM = "application/problem+json"
@@ -255,3 +256,33 @@ def test_every_503_problem_says_when_to_retry(app: Any) -> None:
         response = problem_from_document({"type": "x", "title": "t", "status": 503, "detail": "d", "errors": []})
         assert response.headers["Retry-After"] == str(app.config["RETRY_AFTER_S"])
         assert "Retry-After" not in problem_from_document({"status": 422, "errors": []}).headers
+
+
+def test_past_the_parked_waits_a_wait_is_declined_and_answered_at_once(
+    redis: Any, redis_server: Any, worker: Any
+) -> None:
+    """Long-polls cannot take every thread: past MAX_WAITING_REQUESTS the wait is declined (RFC 7240)."""
+    import threading
+
+    from service import create_app
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_server.url, "WORKER_CHECK_S": 0, "MAX_WAITING_REQUESTS": 1})
+    client = app.test_client()
+    worker.register()
+    job_id = submit(client, EXAMPLE_1, Prefer="respond-async").get_json()["id"]
+    parked = threading.Thread(target=lambda: app.test_client().get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=3"}))
+    parked.start()
+    try:
+        wait_until(lambda: app.extensions["tapeserve"].waits.parked == 1, 5, "the parked wait")
+        started = time.monotonic()
+        declined = client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=3"})
+        posted = submit(client, EXAMPLE_3, Prefer="wait=3")
+        assert time.monotonic() - started < 1.5, "neither waited for a slot"
+        assert declined.status_code == 200 and declined.get_json()["status"] == "queued"
+        assert "Preference-Applied" not in declined.headers
+        assert posted.status_code == 202 and "Preference-Applied" not in posted.headers
+    finally:
+        parked.join(10)
+    # The slot is given back when the parked wait ends: a wait is honoured again.
+    again = client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=0.1"})
+    assert again.headers["Preference-Applied"] == "wait=0.1"

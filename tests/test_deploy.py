@@ -617,7 +617,6 @@ def test_api_runs_gunicorn_with_keys_on() -> None:
     assert "ports" not in api, "clients reach the API through nginx only"
     assert api["expose"] == [env["PORT"]]
     assert env["TAPESERVE_PROXY_HOPS"] == "1", "the client's address comes from nginx's X-Forwarded-For"
-    assert "gevent" in installed_distributions("api"), "gunicorn.conf.py's worker class"
 
 
 # ================================================================ tests: nginx in front
@@ -688,17 +687,18 @@ def test_every_nginx_error_page_is_a_problem_document() -> None:
         assert doc["title"] in (HTTP_STATUS_CODES[status], "Internal error")
 
 
-def test_gunicorn_runs_gevent_workers_that_answer_its_own_errors_as_problems(
+def test_gunicorn_runs_thread_workers_that_answer_its_own_errors_as_problems(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import runpy
 
-    from gunicorn.workers.ggevent import GeventWorker
+    from gunicorn.workers.gthread import ThreadWorker
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert issubclass(conf["worker_class"], GeventWorker)
-    assert conf["worker_connections"] >= 512, "far more than the long-polls the tests hold"
+    assert issubclass(conf["worker_class"], ThreadWorker)
+    api_config = runpy.run_path(str(ROOT / "service" / "config.py"))
+    assert conf["threads"] > api_config["DEFAULTS"]["MAX_WAITING_REQUESTS"], "parked waits leave threads free"
     left, right = socket.socketpair()
     with left, right:
         conf["write_problem"](left, 431, "Request Header Fields Too Large", "Error parsing headers: 'x'")

@@ -418,6 +418,7 @@ def test_long_polls_and_slow_clients_do_not_starve_healthz_or_a_small_request(
         load.close()
 
     bound = max(SLOWDOWN * p99(idle), FLOOR_S)
+    print(f"MEASURED {frontdoor.name}: /healthz p99 {p99(idle) * 1000:.1f} ms idle, {p99(loaded) * 1000:.1f} ms loaded")
     assert p99(loaded) <= bound, f"{frontdoor.name}: /healthz p99 {p99(loaded):.4f} s loaded, {p99(idle):.4f} s idle"
     assert answered_early == 0, "a long-poll ended before the measurement did: the load was not held"
     assert cut_off == 0, "a slow client was cut off before the measurement ended: the load was not held"

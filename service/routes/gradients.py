@@ -112,10 +112,16 @@ def answer(queued: Job, prefs: Preferences, default_wait: float) -> ResponseRetu
     else:
         wait = default_wait
     location = url_for("jobs.get_job", job_id=queued.id)
+    outcome = None
+    if wait > 0:
+        with svc.waits.held() as parked:
+            if parked:
+                outcome = svc.jobs.wait(queued.id, wait)
+            else:  # every wait slot is taken: answer now, and do not claim the wait was applied
+                applied = [a for a in applied if not a.startswith("wait=")]
     headers = {"Location": location}
     if applied:
         headers["Preference-Applied"] = ", ".join(applied)
-    outcome = svc.jobs.wait(queued.id, wait)
     if outcome is None:
         # Not ended within the wait: say so from what enqueueing returned, without a read.
         return {"id": queued.id, "status": "queued", "created_at": _created(queued)}, 202, headers

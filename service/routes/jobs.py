@@ -37,9 +37,11 @@ def get_job(job_id: str) -> ResponseReturnValue:
     headers = {}
     if prefs.wait is not None:
         wait = min(prefs.wait, float(current_app.config["MAX_WAIT_S"]))
-        headers["Preference-Applied"] = f"wait={wait:g}"
-        if status_of(job) in ("queued", "started") and svc.jobs.wait(job_id, wait):
-            job = owned_job(job_id)
+        with svc.waits.held() as parked:
+            if parked:  # else every wait slot is taken: answer with the job as it stands
+                headers["Preference-Applied"] = f"wait={wait:g}"
+                if status_of(job) in ("queued", "started") and svc.jobs.wait(job_id, wait):
+                    job = owned_job(job_id)
     return job_document(job, svc.jobs), 200, headers
 
 
