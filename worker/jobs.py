@@ -103,13 +103,15 @@ def _run(kind: str, payload_key: str) -> orjson.Fragment:
 
 
 def _take_payload(job: Job | None, key: str) -> bytes:
-    """Take the stored request, reading and deleting it in one round trip (a job runs once)."""
+    """Take the stored request: as the worker fetched it with the job, else read and deleted in one round trip."""
     if job is None:
         raise InternalError([], detail="internal error: no current job")
-    with job.connection.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.unlink(key)
-        payload, _ = pipe.execute()
+    payload = getattr(job, "fetched_payload", None)
+    if payload is None:
+        with job.connection.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.unlink(key)
+            payload, _ = pipe.execute()
     if payload is None:
         raise GraphError(FieldError("", "the request expired before a worker could take it; send it again"))
     return bytes(payload)

@@ -43,7 +43,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from tapecore.errors import problem_type
-from tapecore.protocol import PROBLEM_META
+from tapecore.protocol import PROBLEM_META, payload_key
 from worker import jobs
 from worker.reconnect import PRESSURE, REDIS_ERRORS, REDIS_RETRY_MAX_S, retry_redis, rewrite
 from worker.runner import WAIT_SLICE_S, TensorFlowProcess
@@ -225,6 +225,8 @@ class TapeWorker(SimpleWorker):
         pipe.persist(job.key)
         if isinstance(job, TapeJob):
             job.persisted = True
+            if job.fetched_payload is not None:  # read with the job: a job runs once, so it goes now
+                pipe.unlink(payload_key(job.id))
         with pipe:
             self._prepared = send_transaction(self.connection, pipe)
 
