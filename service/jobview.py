@@ -8,7 +8,7 @@ from typing import Any
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from tapecore.errors import problem_type
+from tapecore.errors import JobStopped, WorkerLost
 from tapecore.protocol import PROBLEM_META
 
 from .jobqueue import JobQueue
@@ -24,20 +24,8 @@ STATUS = {
     JobStatus.STOPPED: "canceled",
     JobStatus.CANCELED: "canceled",
 }
-LOST_PROBLEM = {
-    "type": problem_type("worker-lost"),
-    "title": "The worker running this job was lost",
-    "status": 422,
-    "detail": "the job did not finish: its worker stopped (killed, or its host lost) while running it",
-    "errors": [],
-}
-CANCELED_PROBLEM = {
-    "type": problem_type("job-canceled"),
-    "title": "The job was canceled",
-    "status": 409,
-    "detail": "the job was canceled before it finished",
-    "errors": [],
-}
+LOST_PROBLEM = WorkerLost().problem()
+CANCELED_PROBLEM = JobStopped([], "the job was canceled before it finished").problem()
 
 
 def status_of(job: Job) -> str:

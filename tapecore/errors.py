@@ -246,28 +246,47 @@ class NoWorker(TapeserveError):
         super().__init__(FieldError("/device", message), detail=f"{message}; the job was not queued")
 
 
-# Problems that the worker and the job store write as documents, not raised as classes here.
-register_problem_type(
-    "worker-lost",
-    "The worker running this job was lost",
-    422,
-    "The worker stopped (killed, or its host lost) while it ran the job, so the job did not finish.",
-    "Send the request again.",
-)
-register_problem_type(
-    "result-not-stored",
-    "The result could not be stored",
-    503,
-    "The graph ran, but the job store was full and refused its result.",
-    "Send the request again after the seconds that Retry-After gives.",
-)
-register_problem_type(
-    "not-run",
-    "This graph was not run",
-    422,
-    "An earlier graph of the same batch ended the batch (it crashed or ran out of time) before this one ran.",
-    "Send this graph again.",
-)
+# Problems the worker and the job store write as documents (their `problem()`), never raised.
+
+
+class WorkerLost(TapeserveError):
+    """The worker stopped (killed, or its host lost) while it ran the job, so the job did not finish."""
+
+    kind = "worker-lost"
+    title = "The worker running this job was lost"
+    action = "Send the request again."
+
+    def __init__(self) -> None:
+        super().__init__([], "the job did not finish: its worker stopped (killed, or its host lost) while running it")
+
+
+class ResultNotStored(TapeserveError):
+    """The graph ran, but the job store was full and refused its result."""
+
+    kind = "result-not-stored"
+    title = "The result could not be stored"
+    status = 503
+    action = "Send the request again after the seconds that Retry-After gives."
+
+    def __init__(self) -> None:
+        super().__init__(
+            FieldError("", "Redis refused the result (maxmemory): the job store is full"),
+            "the result could not be stored: the job store is full; send the request again later",
+        )
+
+
+class NotRun(TapeserveError):
+    """An earlier graph of the same batch ended the batch (it crashed or ran out of time) before this one ran."""
+
+    kind = "not-run"
+    title = "This graph was not run"
+    action = "Send this graph again."
+
+    def __init__(self) -> None:
+        super().__init__(
+            FieldError("", "not run: an earlier graph of the batch ended the batch"),
+            "an earlier graph of the batch stopped it; send this graph again",
+        )
 
 
 class RemoteProblem(TapeserveError):

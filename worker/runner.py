@@ -38,11 +38,11 @@ from tapecore.errors import (
     FieldError,
     JobStopped,
     MemoryLimitExceeded,
+    NotRun,
     RemoteProblem,
     TapeserveError,
     TimeLimitExceeded,
     WorkerCrashed,
-    problem_type,
 )
 from tapecore.limits import Limits
 from worker import metrics
@@ -59,13 +59,7 @@ MEMORY_SAMPLE_S = 0.02
 DEFAULT_MEMORY_LIMIT_MB = 4096  # 4 GiB: the warm TF process holds ~0.65 GB, max_memory_bytes allows 2 GiB more
 WARM_SHARE_MAX = 0.9  # a cap the warm TF process (~0.65 GB resident) already fills this much of is refused
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-NOT_RUN_PROBLEM = {
-    "type": problem_type("not-run"),
-    "title": "This graph was not run",
-    "status": 422,
-    "detail": "an earlier graph of the batch stopped it; send this graph again",
-    "errors": [{"path": "", "message": "not run: an earlier graph of the batch ended the batch"}],
-}
+NOT_RUN_PROBLEM = NotRun().problem()
 
 
 class StartupError(RuntimeError):

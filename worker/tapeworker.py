@@ -42,7 +42,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from tapecore.errors import problem_type
+from tapecore.errors import ResultNotStored
 from tapecore.protocol import PROBLEM_META, payload_key
 from worker import jobs
 from worker.reconnect import PRESSURE, REDIS_ERRORS, REDIS_RETRY_MAX_S, retry_redis, rewrite
@@ -81,13 +81,7 @@ SUSPENSION_CHECK_S = 1.0
 # (an hour): a few clients fetching big results must not fill Redis for everyone.
 BIG_RESULT_BYTES = 4 * 1024 * 1024  # 4 MiB: a 500x500 float32 gradient is ~2.5 MB of JSON
 BIG_RESULT_TTL_S = 300  # 5 minutes: a client that polls finds it; one that waits gets it at once
-STORE_FULL_PROBLEM = {
-    "type": problem_type("result-not-stored"),
-    "title": "The result could not be stored",
-    "status": 503,
-    "detail": "the result could not be stored: the job store is full; send the request again later",
-    "errors": [{"path": "", "message": "Redis refused the result (maxmemory): the job store is full"}],
-}
+STORE_FULL_PROBLEM = ResultNotStored().problem()
 
 
 RQ_SERIES = "2.12"  # the RQ series this fork is written against (pyproject.toml pins it)
@@ -103,7 +97,7 @@ def check_rq_version(version: str | None = None) -> None:
         )
 
 
-class ResultNotStored(Exception):
+class ResultRefused(Exception):
     """Redis was full when a job's result was written: the job fails with STORE_FULL_PROBLEM instead."""
 
 
@@ -312,14 +306,14 @@ class TapeWorker(SimpleWorker):
 
         try:
             self._write_outcome(job, lambda: self._unless_full(job, record))
-        except ResultNotStored:
+        except ResultRefused:
             self.execution = execution
             raise
         if has_dependents:
             queue.enqueue_dependents(job)
 
     def _unless_full(self, job: Job, record: Callable[[], None]) -> None:
-        """Run `record`; if Redis is full, keep the job's problem and raise ResultNotStored.
+        """Run `record`; if Redis is full, keep the job's problem and raise ResultRefused.
 
         RQ's failure path then records the failure (small), waiting for room if it must.
         """
@@ -329,7 +323,7 @@ class TapeWorker(SimpleWorker):
             log.warning("job %s: Redis is full; its result (%d bytes) fails the job", job.id, jobs.last_result_bytes)
             job.meta[PROBLEM_META] = STORE_FULL_PROBLEM
             jobs.mark_unsaved_problem(job.id)
-            raise ResultNotStored(STORE_FULL_PROBLEM["detail"]) from exc
+            raise ResultRefused(STORE_FULL_PROBLEM["detail"]) from exc
 
     def _record_success(self, job: Job, result_ttl: int) -> bool:
         """Write the job's success in one transaction; say whether the job has dependents."""
